@@ -1,0 +1,3 @@
+"""vmmgr: a control plane for GPU/FPGA KVM clusters."""
+
+__version__ = "0.1.0"

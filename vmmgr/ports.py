@@ -1,0 +1,198 @@
+"""Typed interfaces the core needs from drivers/ (side effects live behind these).
+
+vmmgr never imports drivers/ except in vmmgr/daemon.py, which wires implementations in. Tests
+may pass the real libvirt driver (test:///FILE or qemu:///system) or small fakes only where the
+thing cannot exist here (sysfs mdev, NVML).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class DomainState(StrEnum):
+    """Observed libvirt domain state, flattened."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"  # shut off / defined but not running
+    PAUSED = "paused"
+    SHUTTING_DOWN = "shutting_down"
+    CRASHED = "crashed"
+    SUSPENDED_TO_DISK = "pmsuspended"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSpec:
+    path: str  # absolute path of the volume (qcow2 overlay) or the seed ISO
+    target: str  # "vda", "sda"
+    bus: str = "virtio"  # virtio | sata | scsi | ide
+    device: str = "disk"  # disk | cdrom
+    format: str = "qcow2"  # qcow2 | raw
+    readonly: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NicSpec:
+    network: str  # libvirt network name; "" = user-mode networking (no host network needed)
+    mac: str = ""
+    model: str = "virtio"
+
+
+@dataclass(frozen=True, slots=True)
+class PciHostdevSpec:
+    address: str  # "0000:3b:00.0"
+    managed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MdevHostdevSpec:
+    uuid: str
+    model: str = "vfio-pci"
+    display: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirectBootSpec:
+    kernel: str
+    initrd: str = ""
+    cmdline: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSpec:
+    """Everything needed to define one vmmgr domain. The driver turns it into typed XML."""
+
+    vm_id: str  # also used as the libvirt domain UUID
+    name: str
+    vcpus: int
+    memory_mib: int
+    owner: str = ""
+    description: str = ""
+    domain_type: str = "kvm"  # kvm | qemu (TCG)
+    disks: tuple[DiskSpec, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+    pci_hostdevs: tuple[PciHostdevSpec, ...] = ()
+    mdev_hostdevs: tuple[MdevHostdevSpec, ...] = ()
+    numa_node: int | None = None  # pin vCPUs + memory to this host NUMA cell
+    direct_boot: DirectBootSpec | None = None
+    serial_console: bool = True
+    heartbeat_channel: bool = True  # virtio-serial port org.vmmgr.heartbeat.0
+    watchdog: str = ""  # "" | "reset" | "poweroff" ... (i6300esb)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    uuid: str
+    name: str
+    state: DomainState
+    vm_id: str | None  # from vmmgr metadata; None = foreign domain, never touched
+    owner: str = ""
+    vcpus: int = 0
+    memory_mib: int = 0
+    persistent: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HostNumaCell:
+    id: int
+    cpus: int
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    hostname: str
+    host_uuid: str
+    arch: str
+    cpus: int
+    memory_mib: int
+    numa_cells: tuple[HostNumaCell, ...]
+    hypervisor: str  # "QEMU", "Test"
+    hypervisor_version: str
+    libvirt_version: str
+    domain_types: tuple[str, ...] = ()  # e.g. ("qemu", "kvm")
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    pool: str
+    name: str
+    path: str
+    format: str
+    capacity_bytes: int
+    allocation_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """A libvirt lifecycle event, flattened; ``state`` is the new observed state."""
+
+    host: str
+    uuid: str
+    name: str
+    vm_id: str | None
+    state: DomainState
+    reason: str  # e.g. "started", "stopped", "crashed", "undefined", "shutdown"
+
+
+class HostConnection(Protocol):
+    """One live connection to one host's hypervisor (a libvirt URI)."""
+
+    uri: str
+
+    def alive(self) -> bool: ...
+    def close(self) -> None: ...
+    def host_info(self) -> HostInfo: ...
+
+    # domains
+    def list_domains(self) -> list[DomainInfo]: ...
+    def get_domain(self, vm_id: str) -> DomainInfo | None: ...
+    def define(self, spec: DomainSpec) -> DomainInfo: ...
+    def undefine(self, vm_id: str) -> None: ...
+    def start(self, vm_id: str) -> None: ...
+    def shutdown(self, vm_id: str, timeout_s: float) -> bool:
+        """Ask the guest to power off; wait up to timeout_s; True if it stopped in time."""
+        ...
+
+    def destroy(self, vm_id: str) -> None: ...
+    def reboot(self, vm_id: str) -> None: ...
+    def suspend(self, vm_id: str) -> None: ...
+    def resume(self, vm_id: str) -> None: ...
+    def domain_xml(self, vm_id: str) -> str: ...
+
+    # storage
+    def ensure_pool(self, name: str, path: str) -> None: ...
+    def import_volume(self, pool: str, name: str, source_path: str) -> VolumeInfo:
+        """Copy a local image file into the pool (upload stream; works on remote hosts)."""
+        ...
+
+    def get_volume(self, pool: str, name: str) -> VolumeInfo | None: ...
+    def create_overlay(
+        self, pool: str, name: str, backing: VolumeInfo, capacity_bytes: int
+    ) -> VolumeInfo: ...
+    def create_seed(
+        self, pool: str, name: str, meta_data: str, user_data: str, network_config: str
+    ) -> VolumeInfo:
+        """A cloud-init NoCloud ISO (volume label ``cidata``) as a volume in the pool."""
+        ...
+
+    def delete_volume(self, pool: str, name: str) -> None: ...
+    def list_volumes(self, pool: str) -> list[VolumeInfo]: ...
+
+    # node devices (raw libvirt nodedev XML; parsed by the device layer)
+    def list_node_device_xml(self) -> list[str]: ...
+
+    # events
+    def on_domain_event(self, callback: Callable[[DomainEvent], None]) -> None: ...
+    def on_close(self, callback: Callable[[str], None]) -> None: ...
+
+
+class Hypervisor(Protocol):
+    """Opens connections; implemented by drivers.hypervisor.libvirt."""
+
+    def connect(self, uri: str, *, host_name: str) -> HostConnection: ...
