@@ -1,0 +1,1 @@
+"""gRPC servicers: validate, translate proto <-> domain, call services. No logic here."""

@@ -1,0 +1,1 @@
+"""The `vmmgr` command line: a gRPC client like any other."""
