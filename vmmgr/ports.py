@@ -138,6 +138,7 @@ class DomainEvent:
     vm_id: str | None
     state: DomainState
     reason: str  # e.g. "started", "stopped", "crashed", "undefined", "shutdown"
+    detail: str = ""  # libvirt's event detail, e.g. "booted", "destroyed", "migrated", "failed"
 
 
 class HostConnection(Protocol):
@@ -196,3 +197,24 @@ class Hypervisor(Protocol):
     """Opens connections; implemented by drivers.hypervisor.libvirt."""
 
     def connect(self, uri: str, *, host_name: str) -> HostConnection: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFacts:
+    format: str  # "qcow2" | "raw"
+    size_bytes: int
+    virtual_size_bytes: int
+    sha256: str
+
+
+class ImageFiles(Protocol):
+    """Reads image files on the daemon's machine (implemented in drivers/)."""
+
+    def probe(self, path: str) -> str:
+        """Cheap check before accepting an import: the format ("qcow2"/"raw"); raises
+        InvalidArgument(field="source_path") when the file is missing or unreadable."""
+        ...
+
+    def inspect(self, path: str) -> ImageFacts:
+        """Full facts, including the sha256 (reads the whole file)."""
+        ...

@@ -161,6 +161,11 @@ def validate_vm_create(req: VmCreate, prefix: str = "spec") -> None:
                 raise InvalidArgument(
                     f"{prefix}.cloud_init.ssh_authorized_keys[{i}]", "must be a single line"
                 )
+        if ci.user_data and ci.ssh_authorized_keys:
+            raise InvalidArgument(
+                f"{prefix}.cloud_init.ssh_authorized_keys",
+                "put keys inside user_data when you supply your own user_data",
+            )
         if ci.hostname:
             check_name(f"{prefix}.cloud_init.hostname", ci.hostname)
     for i, gpu in enumerate(req.gpus):

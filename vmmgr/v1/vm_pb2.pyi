@@ -293,7 +293,7 @@ class VMSpec(_message.Message):
     host: _builtins.str
     """Pin to this host (placement still checks it fits)."""
     start: _builtins.bool
-    """Start once created (default true when unset in the CLI)."""
+    """Start once created; unset means true."""
     project: _builtins.str
     domain_type: _builtins.str
     """"kvm", "qemu" (TCG) or empty = the host's best."""
@@ -337,16 +337,18 @@ class VMSpec(_message.Message):
         ha_priority: _builtins.int = ...,
         host: _builtins.str = ...,
         required_host_tags: _abc.Iterable[_builtins.str] | None = ...,
-        start: _builtins.bool = ...,
+        start: _builtins.bool | None = ...,
         project: _builtins.str = ...,
         domain_type: _builtins.str = ...,
         watchdog: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cloud_init", b"cloud_init"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start", b"_start", "cloud_init", b"cloud_init", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_init", b"cloud_init", "description", b"description", "disks", b"disks", "domain_type", b"domain_type", "fpgas", b"fpgas", "gpus", b"gpus", "groups", b"groups", "ha", b"ha", "ha_priority", b"ha_priority", "host", b"host", "labels", b"labels", "memory_mib", b"memory_mib", "mig_profile", b"mig_profile", "name", b"name", "networks", b"networks", "project", b"project", "required_host_tags", b"required_host_tags", "start", b"start", "vcpus", b"vcpus", "vgpu_type", b"vgpu_type", "watchdog", b"watchdog"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start", b"_start", "cloud_init", b"cloud_init", "description", b"description", "disks", b"disks", "domain_type", b"domain_type", "fpgas", b"fpgas", "gpus", b"gpus", "groups", b"groups", "ha", b"ha", "ha_priority", b"ha_priority", "host", b"host", "labels", b"labels", "memory_mib", b"memory_mib", "mig_profile", b"mig_profile", "name", b"name", "networks", b"networks", "project", b"project", "required_host_tags", b"required_host_tags", "start", b"start", "vcpus", b"vcpus", "vgpu_type", b"vgpu_type", "watchdog", b"watchdog"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__start: _TypeAlias = _typing.Literal["start"]  # noqa: Y015
+    _WhichOneofArgType__start: _TypeAlias = _typing.Literal["_start", b"_start"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start) -> _WhichOneofReturnType__start | None: ...
 
 Global___VMSpec: _TypeAlias = VMSpec  # noqa: Y015
 

@@ -1,0 +1,84 @@
+"""Daemon configuration: defaults < config file (TOML) < environment (VMMGR_*) < flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_FILE = Path("/etc/vmmgr/vmmgrd.toml")
+
+
+@dataclass
+class Config:
+    listen: str = "127.0.0.1:50051"
+    state_dir: Path = Path("/var/lib/vmmgr")
+    db_url: str = ""  # "" = SQLite in state_dir; postgresql+psycopg://... for Postgres
+    image_pool: str = "vmmgr-images"
+    image_pool_path: str = "/var/lib/vmmgr/images"
+    vm_pool: str = "vmmgr-vms"
+    vm_pool_path: str = "/var/lib/vmmgr/vms"
+    default_domain_type: str = ""  # "" = kvm where the host offers it, else qemu (TCG)
+    default_network: str = ""  # "" = user-mode networking (needs no host bridge)
+    resync_interval_s: float = 30.0
+    inventory_interval_s: float = 300.0
+    keepalive_interval_s: int = 5
+    keepalive_count: int = 3
+    shutdown_timeout_s: float = 60.0
+    operation_workers: int = 4
+    rpc_workers: int = 16
+    log_level: str = "INFO"
+    log_json: bool = False
+    # start-up conveniences for `make run`; both idempotent
+    register_hosts: list[str] = field(default_factory=list)  # "name=uri"
+    import_images: list[str] = field(default_factory=list)  # "name=path"
+
+    @property
+    def effective_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.state_dir}/vmmgr.db"
+
+
+def _coerce(current: Any, raw: Any) -> Any:
+    if isinstance(current, bool):
+        return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
+    if isinstance(current, Path):
+        return Path(raw)
+    if isinstance(current, list):
+        return list(raw) if isinstance(raw, list) else [x for x in str(raw).split(",") if x]
+    return type(current)(raw)
+
+
+def load(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(prog="vmmgrd", description="vmmgr daemon")
+    parser.add_argument("--config", type=Path, default=None, help="TOML file")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in ("register_hosts", "import_images"):
+            continue
+        parser.add_argument(flag, dest=f.name, default=None)
+    parser.add_argument("--register-host", dest="register_hosts", action="append",
+                        metavar="NAME=URI")
+    parser.add_argument("--import-image", dest="import_images", action="append",
+                        metavar="NAME=PATH")
+    args = parser.parse_args(argv)
+
+    cfg = Config()
+    path = args.config or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    if path is not None:
+        with open(path, "rb") as fh:
+            for key, value in tomllib.load(fh).items():
+                if not hasattr(cfg, key):
+                    raise SystemExit(f"vmmgrd: {path}: unknown setting {key!r}")
+                setattr(cfg, key, _coerce(getattr(cfg, key), value))
+    for f in fields(Config):
+        env = os.environ.get("VMMGR_" + f.name.upper())
+        if env is not None:
+            setattr(cfg, f.name, _coerce(getattr(cfg, f.name), env))
+    for f in fields(Config):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(cfg, f.name, _coerce(getattr(cfg, f.name), value))
+    return cfg

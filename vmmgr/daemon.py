@@ -1,0 +1,225 @@
+"""vmmgrd: wires store, drivers, services, policies and the gRPC server together.
+
+This is the one module of vmmgr/ that imports drivers/ (and policies/).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from apscheduler.schedulers.background import BackgroundScheduler
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vmmgr import config as config_mod
+from vmmgr.api.hosts import HostServicer
+from vmmgr.api.images import ImageServicer
+from vmmgr.api.operations import EventServicer, OperationServicer
+from vmmgr.api.planned import planned
+from vmmgr.api.vms import VMServicer
+from vmmgr.config import Config
+from vmmgr.errors import AlreadyExists, Unavailable, VmmgrError
+from vmmgr.logs import setup_logging
+from vmmgr.ports import Hypervisor, ImageFiles
+from vmmgr.scheduler import Scheduler, SchedulerConfig
+from vmmgr.services.connections import ConnectionManager
+from vmmgr.services.events import EventBus, EventRecord
+from vmmgr.services.hosts import HostService
+from vmmgr.services.images import ImageService
+from vmmgr.services.operations import Operations
+from vmmgr.services.vms import VMService
+from vmmgr.state import Store, open_store, repo
+from vmmgr.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    device_pb2,
+    device_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
+    host_pb2,
+    host_pb2_grpc,
+    image_pb2,
+    image_pb2_grpc,
+    operation_pb2,
+    operation_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    vm_pb2,
+    vm_pb2_grpc,
+)
+
+log = logging.getLogger("vmmgrd")
+
+SERVICE_NAMES = [
+    vm_pb2.DESCRIPTOR.services_by_name["VMService"].full_name,
+    host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
+    image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+    device_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
+    operation_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
+    event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["HostAgentService"].full_name,
+]
+
+
+@dataclass
+class Core:
+    """Everything but the gRPC server: what tests and the daemon share."""
+
+    config: Config
+    store: Store
+    events: EventBus
+    ops: Operations
+    conns: ConnectionManager
+    hosts: HostService
+    images: ImageService
+    vms: VMService
+    jobs: BackgroundScheduler = field(default_factory=lambda: BackgroundScheduler(daemon=True))
+    _seen_foreign: set[str] = field(default_factory=set)
+
+    def start(self) -> None:
+        """Recover from a previous run, connect hosts, reconcile, start periodic jobs."""
+        self.vms.recover_interrupted(self.ops.interrupted())
+        self.hosts.load()
+        self.resync()
+        self.jobs.add_job(self.resync, "interval", seconds=self.config.resync_interval_s,
+                          id="resync", max_instances=1, coalesce=True)
+        self.jobs.start()
+
+    def resync(self) -> None:
+        """Reconcile every host: reconnect, record facts, compare domains with the store."""
+        for name in self.conns.names():
+            try:
+                self.conns.get(name)
+                self.vms.resync_host(name, self._seen_foreign)
+            except Unavailable as exc:
+                self.hosts.connection_down(name, exc.message)
+            except VmmgrError as exc:
+                log.warning("resync of %s failed: %s", name, exc)
+
+    def stop(self) -> None:
+        if self.jobs.running:
+            self.jobs.shutdown(wait=False)
+        self.events.close()
+        self.ops.shutdown()
+        self.conns.close()
+        self.store.close()
+
+
+def build_core(config: Config, hypervisor: Hypervisor, image_files: ImageFiles) -> Core:
+    store = open_store(config.db_url or None, config.state_dir)
+
+    def persist(rec: EventRecord) -> int:
+        with store.session() as s:
+            ev = repo.append_event(s, rec.kind, rec.resource, rec.message,
+                                   severity=rec.severity, attributes=rec.attributes,
+                                   time=rec.time)
+            return int(ev.seq or 0)
+
+    events = EventBus(persist)
+    ops = Operations(store, events, workers=config.operation_workers)
+    holder: dict[str, object] = {}
+    conns = ConnectionManager(
+        hypervisor,
+        on_event=lambda e: holder["vms"].on_domain_event(e),  # type: ignore[attr-defined]
+        on_up=lambda n: holder["hosts"].connection_up(n),  # type: ignore[attr-defined]
+        on_down=lambda n, err: holder["hosts"].connection_down(n, err),  # type: ignore[attr-defined]
+    )
+    hosts = HostService(store, conns, events, config)
+    images = ImageService(store, conns, ops, events, image_files, config)
+    vms = VMService(store, conns, ops, events, images, Scheduler(SchedulerConfig()), config)
+    holder.update(vms=vms, hosts=hosts)
+    return Core(config, store, events, ops, conns, hosts, images, vms)
+
+
+def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
+                                                    thread_name_prefix="rpc"))
+    vm_pb2_grpc.add_VMServiceServicer_to_server(VMServicer(core.vms), server)
+    host_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(core.hosts, core.vms), server)
+    image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(core.images), server)
+    operation_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(core.ops), server)
+    event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(core.store, core.events),
+                                                      server)
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(
+        planned(device_pb2_grpc.DeviceServiceServicer, "the device inventory API (issue 3)"),
+        server)
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(
+        planned(policy_pb2_grpc.PolicyServiceServicer, "periodic policies (issue 6)"), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        planned(admin_pb2_grpc.AdminServiceServicer, "tokens, projects and audit (issue 7)"),
+        server)
+    agent_pb2_grpc.add_HostAgentServiceServicer_to_server(
+        planned(agent_pb2_grpc.HostAgentServiceServicer, "the host agent (issue 3)"), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *SERVICE_NAMES]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"vmmgrd: cannot listen on {listen}")
+    return server, port
+
+
+def _startup_conveniences(core: Core) -> None:
+    for item in core.config.register_hosts:
+        name, _, uri = item.partition("=")
+        try:
+            core.hosts.register(name, uri)
+            log.info("registered host %s (%s)", name, uri)
+        except AlreadyExists:
+            log.info("host %s already registered", name)
+        except VmmgrError as exc:
+            log.error("cannot register host %s (%s): %s", name, uri, exc)
+    for item in core.config.import_images:
+        name, _, path = item.partition("=")
+        if any(i.name == name for i in core.images.list()):
+            continue
+        try:
+            op = core.images.import_image(name, path)
+            done, ok = core.ops.wait(op.id, 600)
+            log.info("image %s import: %s %s", name, done.state, done.error_message)
+        except VmmgrError as exc:
+            log.error("cannot import image %s from %s: %s", name, path, exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = config_mod.load(list(argv) if argv is not None else None)
+    setup_logging(config.log_level, json_lines=config.log_json)
+    from drivers.hypervisor.libvirt import LibvirtHypervisor
+    from drivers.image_files import LocalImageFiles
+
+    hypervisor = LibvirtHypervisor(keepalive_interval=config.keepalive_interval_s,
+                                   keepalive_count=config.keepalive_count)
+    core = build_core(config, hypervisor, LocalImageFiles())
+    core.start()
+    server, port = build_server(core, config.listen, config.rpc_workers)
+    server.start()
+    log.info("vmmgrd listening on %s (port %d), store %s", config.listen, port,
+             core.store.backend)
+    _startup_conveniences(core)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("vmmgrd stopping")
+    server.stop(grace=5).wait()
+    core.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Long-running work as persisted Operations: an id at once, progress, cancel, wait, watch.
+
+A job is a function ``fn(ctx) -> dict[str, str]`` run on a worker pool. It reports progress with
+``ctx.progress(pct, message)`` and calls ``ctx.check_cancelled()`` between steps; raising any
+VmmgrError fails the operation with that error's code and field. On daemon start the owner
+services clean up what unfinished operations left behind, then fail them (``interrupted`` and
+``fail_interrupted``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from vmmgr.errors import Cancelled, InvalidArgument, VmmgrError
+from vmmgr.services.events import EventBus
+from vmmgr.state import Store, repo
+from vmmgr.state.models import Operation, OperationState
+
+log = logging.getLogger(__name__)
+
+Job = Callable[["OperationContext"], dict[str, str] | None]
+
+
+@dataclass
+class OperationContext:
+    id: str
+    _ops: Operations
+
+    def progress(self, percent: float, message: str) -> None:
+        self._ops._progress(self.id, max(0.0, min(100.0, percent)), message)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._ops._cancel_flag(self.id)
+
+    def check_cancelled(self) -> None:
+        if self.cancel_requested:
+            raise Cancelled("cancelled by request")
+
+
+class Operations:
+    def __init__(self, store: Store, events: EventBus, workers: int = 4) -> None:
+        self.store = store
+        self.events = events
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="op")
+        self._cond = threading.Condition()
+        self._cancel: set[str] = set()
+
+    def submit(self, kind: str, target: str, job: Job, *, request_id: str = "",
+               message: str = "queued") -> Operation:
+        with self.store.session() as s:
+            op = repo.create_operation(s, kind, target, request_id=request_id, message=message)
+        self._pool.submit(self._run, op.id, kind, target, job)
+        return op
+
+    def _run(self, op_id: str, kind: str, target: str, job: Job) -> None:
+        ctx = OperationContext(op_id, self)
+        with self.store.session() as s:
+            repo.update_operation(s, op_id, state=OperationState.RUNNING.value)
+        self._notify()
+        try:
+            ctx.check_cancelled()
+            result = job(ctx) or {}
+        except Cancelled as exc:
+            self._finish(op_id, OperationState.CANCELLED, error=exc)
+        except VmmgrError as exc:
+            log.warning("operation %s (%s %s) failed: %s", op_id, kind, target, exc)
+            self._finish(op_id, OperationState.FAILED, error=exc)
+        except Exception as exc:  # noqa: BLE001 - an operation must always end
+            log.exception("operation %s (%s %s) crashed", op_id, kind, target)
+            self._finish(op_id, OperationState.FAILED,
+                         error=VmmgrError(f"internal error: {type(exc).__name__}: {exc}"))
+        else:
+            self._finish(op_id, OperationState.SUCCEEDED, result=result)
+
+    def _finish(self, op_id: str, state: OperationState, *, error: VmmgrError | None = None,
+                result: dict[str, str] | None = None) -> None:
+        with self.store.session() as s:
+            op = repo.finish_operation(
+                s, op_id, state.value, error=error,
+                message=error.message if error else "done",
+                result={k: str(v) for k, v in (result or {}).items()})
+        with self._cond:
+            self._cancel.discard(op_id)
+        self._notify()
+        self.events.publish(f"operation.{state.value}", op_id,
+                            f"{op.kind} {op.target}: {op.message}",
+                            severity="info" if state is OperationState.SUCCEEDED else "warning",
+                            kind=op.kind, target=op.target)
+
+    def _progress(self, op_id: str, percent: float, message: str) -> None:
+        with self.store.session() as s:
+            repo.update_operation(s, op_id, progress=percent, message=message)
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _cancel_flag(self, op_id: str) -> bool:
+        with self._cond:
+            return op_id in self._cancel
+
+    # ------------------------------------------------------------------ queries
+
+    def find_by_request_id(self, request_id: str) -> Operation | None:
+        with self.store.read_session() as s:
+            return repo.find_operation_by_request_id(s, request_id)
+
+    def get(self, op_id: str) -> Operation:
+        if not op_id:
+            raise InvalidArgument("id", "is required")
+        with self.store.read_session() as s:
+            return repo.get_operation(s, op_id)
+
+    def list(self, *, state: str = "", target: str = "", kind: str = "",
+             limit: int = 100) -> list[Operation]:
+        with self.store.read_session() as s:
+            return repo.list_operations(s, state=state or None, target=target or None,
+                                        kind=kind or None, limit=limit)
+
+    def cancel(self, op_id: str) -> Operation:
+        self.get(op_id)
+        with self.store.session() as s:
+            op = repo.request_cancel(s, op_id)
+        with self._cond:
+            self._cancel.add(op_id)
+            self._cond.notify_all()
+        return op
+
+    def wait(self, op_id: str, timeout_s: float) -> tuple[Operation, bool]:
+        end = time.monotonic() + timeout_s
+        while True:
+            op = self.get(op_id)
+            if OperationState(op.state).finished:
+                return op, True
+            left = end - time.monotonic()
+            if left <= 0:
+                return op, False
+            with self._cond:
+                self._cond.wait(timeout=min(left, 1.0))
+
+    def watch(self, op_id: str, alive: Callable[[], bool]) -> Iterator[Operation]:
+        """Yield the operation whenever it changes, ending when it finishes."""
+        last: tuple[object, ...] = ()
+        while alive():
+            op = self.get(op_id)
+            key = (op.state, op.progress, op.message, op.cancel_requested)
+            if key != last:
+                last = key
+                yield op
+            if OperationState(op.state).finished:
+                return
+            with self._cond:
+                self._cond.wait(timeout=0.5)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def interrupted(self) -> list[Operation]:
+        """Operations a previous daemon left unfinished (call before accepting new work)."""
+        with self.store.read_session() as s:
+            return [op for st in (OperationState.PENDING, OperationState.RUNNING)
+                    for op in repo.list_operations(s, state=st.value, limit=100_000)]
+
+    def fail_interrupted(self, op_id: str, message: str) -> None:
+        self._finish(op_id, OperationState.FAILED, error=VmmgrError(message))
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._cancel.update(op.id for op in self.interrupted())
+        self._pool.shutdown(wait=True, cancel_futures=False)
