@@ -198,11 +198,11 @@ def _startup_conveniences(core: Core) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_mod.load(list(argv) if argv is not None else None)
     setup_logging(config.log_level, json_lines=config.log_json)
-    from drivers.hypervisor.libvirt import LibvirtHypervisor
+    from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtHypervisor
     from drivers.image_files import LocalImageFiles
 
-    hypervisor = LibvirtHypervisor(keepalive_interval=config.keepalive_interval_s,
-                                   keepalive_count=config.keepalive_count)
+    hypervisor = LibvirtHypervisor(LibvirtConfig(keepalive_interval_s=config.keepalive_interval_s,
+                                                 keepalive_count=config.keepalive_count))
     core = build_core(config, hypervisor, LocalImageFiles())
     core.start()
     server, port = build_server(core, config.listen, config.rpc_workers)
