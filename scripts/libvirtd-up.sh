@@ -44,6 +44,10 @@ start() {  # start NAME [ARGS]: run NAME in the foreground under a detached subr
 answers() { timeout 10 virsh -q -c "$URI" version >/dev/null 2>&1; }
 
 mkdir -p "$LOGDIR" /run/libvirt /var/lib/libvirt/images /var/lib/libvirt/qemu /var/cache/libvirt
+# Without udev nobody applies the kvm group rule; qemu runs as libvirt-qemu (group kvm).
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != kvm:660 ]; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm && log "fixed /dev/kvm permissions (kvm:0660)"
+fi
 
 start virtlogd
 start virtlockd

@@ -9,7 +9,8 @@ reaped immediately.
     subreaper.py [--daemon] [--pidfile F] [--log F] -- COMMAND [ARGS...]
 
 --daemon   detach (fork + setsid, stdin from /dev/null, stdout/stderr to --log or /dev/null)
-           and return at once; the wrapper lives on as the subreaper.
+           and return at once; the wrapper lives on as the subreaper. The working directory
+           is kept (relative paths in COMMAND stay valid).
 --pidfile  write the pid of COMMAND (not the wrapper) there; removed when COMMAND exits.
 
 SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 received by the wrapper are forwarded to COMMAND.
@@ -20,6 +21,7 @@ The wrapper exits with COMMAND's status once COMMAND *and* all adopted orphans a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import os
@@ -42,7 +44,6 @@ def daemonize(log: str | None) -> None:
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
-    os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if log else devnull
     os.dup2(devnull, 0)
@@ -84,10 +85,8 @@ def main() -> int:
         os.replace(tmp, pidfile)
 
     def forward(signum: int, _frame: object) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
-        except ProcessLookupError:
-            pass
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, forward)
@@ -111,12 +110,9 @@ def main() -> int:
             if status < 0:
                 status = 128 - status
             if pidfile:
-                try:
-                    with open(pidfile) as f:
-                        if f.read().strip() == str(child):
-                            os.unlink(pidfile)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError), open(pidfile) as f:
+                    if f.read().strip() == str(child):
+                        os.unlink(pidfile)
     return status
 
 

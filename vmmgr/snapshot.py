@@ -34,6 +34,8 @@ class NumaCell:
     id: int
     cpus: int
     memory_mib: int
+    used_cpus: int = 0  # vCPUs pinned to this cell (NUMA-strict VMs); floating vCPUs are not here
+    used_memory_mib: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ class MigSnap:
     total_slices: int  # 7 on A100/H100
     profiles: tuple[MigProfileSnap, ...] = ()
     instances: tuple[str, ...] = ()  # profile names of existing GPU instances
+    claimed: tuple[str, ...] = ()  # profile names of the instances VMs hold (sub-multiset)
 
     @property
     def used_slices(self) -> int:
@@ -88,6 +91,8 @@ class DeviceSnap:
     mig: MigSnap | None = None
     is_vf: bool = False  # SR-IOV virtual function
     utilization: float | None = None  # 0..1 from telemetry, None = unknown
+    pf: str | None = None  # device id of the SR-IOV physical function when is_vf
+    driver: str | None = None  # host driver bound now (restored after passthrough)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,8 @@ class VMSnap:
     ha: bool = False
     priority: int = 0
     migratable: bool = True  # live-migratable (no whole PCI passthrough etc.)
+    cpu_load: float | None = None  # 0..1 of its own vCPUs, from telemetry; None = unknown
+    created_at: float = 0.0  # unix seconds; scale-in removes the newest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,8 @@ class PlacementRequest:
     host: str | None = None  # pin to this host
     exclude_hosts: frozenset[str] = frozenset()  # e.g. the migration source
     needs_accelerator: bool = field(init=False, default=False)
+    numa_strict: bool = False  # vCPUs, memory and devices must fit in one NUMA cell
+    fpga_allow_vf: bool = False  # an SR-IOV virtual function may stand in for a whole FPGA
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -1,0 +1,181 @@
+"""Balance benchmark: vmmgr's balancer vs Ganeti hbal on the same synthetic clusters.
+
+Both get the same CPU/memory-only problem (hbal through its text backend, instances with the
+externally mirrored "ext" template so every move is a live migration to any node; the same
+vCPU/pCPU ratio limit 4.0 and no memory overcommit). Both resulting placements are scored by the
+ONE vmmgr scorer (policies.score.cluster_score). Prints final score, moves and wall time, and
+vmmgr/hbal ratios (target: all <= 1).
+
+    .venv/bin/python -m bench.balance.run                # 100x1000 and 1000x10000
+    .venv/bin/python -m bench.balance.run --sizes 100x1000 --hbal-timeout 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.balance.hbal_text import parse_steps, write
+from policies.balance import BalanceConfig, plan_balance
+from policies.fits import apply_moves, check_moves
+from policies.model import Limits
+from policies.plan import Move
+from policies.score import Weights, cluster_score
+from vmmgr.snapshot import ClusterSnapshot, HostSnap, HostState, VMSnap
+
+CPU_RATIO = 4.0
+WEIGHTS = Weights(cpu=1.0, memory=1.0, gpu=0.0, slots=0.0)
+NODE_TYPES = ((32, 128 * 1024), (64, 256 * 1024), (96, 384 * 1024))
+
+
+def synth(n_hosts: int, n_vms: int, seed: int) -> ClusterSnapshot:
+    """Heterogeneous hosts, VMs 1-16 vCPUs x 2-8 GiB/vCPU, placed with a skew (hot hosts)."""
+    rnd = random.Random(seed)
+    specs = [rnd.choice(NODE_TYPES) for _ in range(n_hosts)]
+    total_mem = sum(m for _, m in specs)
+    sizes = [rnd.choices((1, 2, 4, 8, 16), (4, 5, 5, 3, 1))[0] for _ in range(n_vms)]
+    per_vcpu = [rnd.choice((2048, 4096, 8192)) for _ in range(n_vms)]
+    raw = sum(v * p for v, p in zip(sizes, per_vcpu, strict=True))
+    scale = 0.60 * total_mem / raw  # about 60 % of the cluster's memory in use
+    mems = [max(512, int(v * p * scale) // 256 * 256) for v, p in zip(sizes, per_vcpu, strict=True)]
+    weight = [rnd.paretovariate(1.2) for _ in range(n_hosts)]
+    used_c = [0] * n_hosts
+    used_m = [0] * n_hosts
+    placed: list[int] = []
+    for vcpus, mem in zip(sizes, mems, strict=True):
+        for _ in range(50):
+            h = rnd.choices(range(n_hosts), weight)[0]
+            if used_c[h] + vcpus <= specs[h][0] * CPU_RATIO and used_m[h] + mem <= specs[h][1]:
+                break
+        else:
+            fits = [
+                i
+                for i in range(n_hosts)
+                if used_c[i] + vcpus <= specs[i][0] * CPU_RATIO and used_m[i] + mem <= specs[i][1]
+            ]
+            h = min(fits, key=lambda i: used_m[i] / specs[i][1])
+        used_c[h] += vcpus
+        used_m[h] += mem
+        placed.append(h)
+    names = [f"node-{i:05d}" for i in range(n_hosts)]
+    vms = tuple(
+        VMSnap(id=f"vm-{j:06d}", name=f"vm-{j:06d}", host=names[placed[j]], vcpus=sizes[j],
+               memory_mib=mems[j])
+        for j in range(n_vms)
+    )
+    hosts = tuple(
+        HostSnap(name=names[i], state=HostState.UP, cpus=specs[i][0], memory_mib=specs[i][1],
+                 used_vcpus=used_c[i], used_memory_mib=used_m[i],
+                 vms=tuple(v.id for v in vms if v.host == names[i]))
+        for i in range(n_hosts)
+    )
+    return ClusterSnapshot(hosts=hosts, vms=vms)
+
+
+@dataclass
+class Result:
+    score: float
+    moves: int
+    distinct: int
+    wall_s: float
+    note: str = ""
+
+
+def run_vmmgr(snap: ClusterSnapshot) -> Result:
+    cfg = BalanceConfig(
+        weights=WEIGHTS,
+        limits=Limits(cpu_ratio=CPU_RATIO),
+        start_threshold=0.0,
+        stop_threshold=0.0,
+        hold_rounds=1,
+        max_moves=10**6,
+    )
+    t0 = time.perf_counter()
+    plan = plan_balance(snap, now=0.0, config=cfg)
+    wall = time.perf_counter() - t0
+    bad = check_moves(snap, plan.moves, cfg.limits)
+    after = apply_moves(snap, plan.moves, cfg.limits)
+    score = cluster_score(after, WEIGHTS)
+    assert abs(score - plan.score_after) < 1e-9, (score, plan.score_after)
+    note = f"{len(plan.stages)} stages" + (f", {len(bad)} FILTER VIOLATIONS" if bad else "")
+    return Result(score, len(plan.moves), len({m.vm_id for m in plan.moves}), wall, note)
+
+
+def run_hbal(snap: ClusterSnapshot, timeout: float) -> Result:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "cluster.txt"
+        write(snap, data, CPU_RATIO)
+        cmd = ["hbal", "-t", str(data), "--ignore-dynu", "-C"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            note = "" if proc.returncode == 0 else f"exit {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            note = f"CAPPED at {timeout:.0f}s (steps printed so far)"
+        wall = time.perf_counter() - t0
+    steps = parse_steps(out)
+    moves = []
+    where = {vm.id: vm.host for vm in snap.vms}
+    for inst, _src, dst, _score in steps:
+        src = where[inst]
+        assert src is not None
+        moves.append(Move(inst, src, dst))
+        where[inst] = dst
+    bad = check_moves(snap, moves, Limits(cpu_ratio=CPU_RATIO))
+    if bad:
+        note += f" {len(bad)} moves break vmmgr's filters"
+    score = cluster_score(apply_moves(snap, moves), WEIGHTS)
+    return Result(score, len(moves), len({m.vm_id for m in moves}), wall, note.strip())
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}" if b > 0 else ("1.000" if a == 0 else "inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="100x1000,1000x10000")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--hbal-timeout", type=float, default=600.0)
+    args = ap.parse_args()
+    if shutil.which("hbal") is None:
+        raise SystemExit("hbal not found: apt-get install -y ganeti-htools")
+    print(f"cpus visible: {os.cpu_count()}; scorer weights cpu=1 memory=1; vCPU ratio {CPU_RATIO}")
+    rows = []
+    for spec in args.sizes.split(","):
+        n_hosts, n_vms = (int(x) for x in spec.split("x"))
+        snap = synth(n_hosts, n_vms, args.seed)
+        initial = cluster_score(snap, WEIGHTS)
+        ours = run_vmmgr(snap)
+        theirs = run_hbal(snap, args.hbal_timeout)
+        rows.append((n_hosts, n_vms, initial, ours, theirs))
+        print(f"\n== {n_hosts} hosts, {n_vms} VMs: initial score {initial:.5f}")
+        for name, r in (("vmmgr", ours), ("hbal", theirs)):
+            print(
+                f"  {name:6s} score {r.score:.5f}  moves {r.moves:5d} (distinct VMs {r.distinct:5d})"
+                f"  wall {r.wall_s:8.2f}s  {r.note}"
+            )
+    print("\n| hosts | VMs | score vmmgr | score hbal | ratio | moves vmmgr | moves hbal | ratio "
+          "| time vmmgr s | time hbal s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n_hosts, n_vms, _initial, o, t in rows:
+        print(
+            f"| {n_hosts} | {n_vms} | {o.score:.5f} | {t.score:.5f} | {_ratio(o.score, t.score)} "
+            f"| {o.moves} | {t.moves} | {_ratio(o.moves, t.moves)} | {o.wall_s:.2f} "
+            f"| {t.wall_s:.2f}{' (capped)' if 'CAPPED' in t.note else ''} "
+            f"| {_ratio(o.wall_s, t.wall_s)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

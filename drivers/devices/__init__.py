@@ -1,0 +1,1 @@
+"""Device drivers: libvirt node devices, sysfs, NVML (pynvml), mdev, MIG, FPGA programming."""

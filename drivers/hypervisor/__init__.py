@@ -1,0 +1,1 @@
+"""Hypervisor drivers. The only one is libvirt: ``drivers.hypervisor.libvirt``."""

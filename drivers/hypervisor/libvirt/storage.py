@@ -1,0 +1,222 @@
+"""Storage pool and volume operations on one libvirt connection.
+
+Volumes are filled through libvirt upload streams (virStorageVolUpload), so importing an image
+works on remote hosts too. Each multi-step operation undoes its own partial work on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import libvirt
+
+from drivers.hypervisor.libvirt.errors import error_code
+from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
+from drivers.hypervisor.libvirt.seed import build_seed_iso
+from drivers.hypervisor.libvirt.xml.base import to_string
+from drivers.hypervisor.libvirt.xml.storage import BackingStore, StoragePool, StorageVolume
+from vmmgr.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from vmmgr.ports import VolumeInfo
+
+_CHUNK = 1 << 20
+
+
+def _check_name(name: str, field: str = "name") -> None:
+    if not name or "/" in name or name in (".", ".."):
+        raise InvalidArgument(field, f"not a valid volume/pool name: {name!r}")
+
+
+def lookup_pool(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool:
+    try:
+        return conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as e:
+        if error_code(e) == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise NotFound(f"storage pool {name!r} not found") from e
+        raise
+
+
+def lookup_volume(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
+    try:
+        return pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as e:
+        if error_code(e) == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
+
+
+def volume_info(pool_name: str, vol: libvirt.virStorageVol) -> VolumeInfo:
+    parsed = StorageVolume.parse_xml(vol.XMLDesc(0))
+    return VolumeInfo(
+        pool=pool_name,
+        name=parsed.name,
+        path=parsed.path or vol.path(),
+        format=parsed.format,
+        capacity_bytes=parsed.capacity_bytes,
+        allocation_bytes=parsed.allocation_bytes or 0,
+    )
+
+
+def ensure_pool(conn: libvirt.virConnect, name: str, path: str) -> None:
+    """A started, autostarted dir pool ``name`` at ``path``; defined+built+started if missing."""
+    _check_name(name)
+    if not os.path.isabs(path):
+        raise InvalidArgument("path", "must be an absolute path")
+    target = os.path.normpath(path)
+    try:
+        pool = conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as e:
+        if error_code(e) != libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise
+        pool = None
+    if pool is not None:
+        existing = StoragePool.parse_xml(pool.XMLDesc(0))
+        if os.path.normpath(existing.target_path) != target:
+            raise FailedPrecondition(
+                f"storage pool {name!r} exists at {existing.target_path}, not {target}"
+            )
+        if not pool.isActive():
+            pool.create(0)
+        if not pool.autostart():
+            pool.setAutostart(1)
+        return
+    pool = conn.storagePoolDefineXML(to_string(StoragePool(name=name, target_path=target).build()))
+    try:
+        pool.build(0)
+        pool.create(0)
+        pool.setAutostart(1)
+    except BaseException:
+        with contextlib.suppress(libvirt.libvirtError):
+            if pool.isActive():
+                pool.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            pool.undefine()
+        raise
+
+
+def _refresh(pool: libvirt.virStoragePool) -> None:
+    """Re-read the pool so libvirt re-probes uploaded files (format, virtual size).
+
+    A refresh can collide with libvirt's own post-upload refresh; that one does the same job.
+    """
+    with contextlib.suppress(libvirt.libvirtError):
+        pool.refresh(0)
+
+
+def _upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: str, size: int) -> None:
+    stream = conn.newStream(0)
+    vol.upload(stream, 0, size, 0)
+    try:
+        with open(path, "rb") as f:
+            stream.sendAll(lambda _s, n, _o: f.read(min(n, _CHUNK)), None)
+        stream.finish()
+    except BaseException:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        raise
+
+
+def upload_volume(
+    conn: libvirt.virConnect, pool_name: str, name: str, source_path: str
+) -> VolumeInfo:
+    """Create volume ``name`` as an exact byte copy of the local file ``source_path``.
+
+    The volume is created raw with the file's size and overwritten by the upload; the pool
+    refresh afterwards lets libvirt see a qcow2 for what it is. Deleted again on failure.
+    """
+    _check_name(name)
+    if not os.path.isfile(source_path):
+        raise InvalidArgument("source_path", f"no such file: {source_path}")
+    pool = lookup_pool(conn, pool_name)
+    if lookup_volume(pool, name) is not None:
+        raise AlreadyExists(f"volume {name!r} already exists in pool {pool_name!r}")
+    size = os.path.getsize(source_path)
+    spec = StorageVolume(name=name, capacity_bytes=size, allocation_bytes=0, format="raw")
+    vol = pool.createXML(to_string(spec.build()), 0)
+    try:
+        _upload(conn, vol, source_path, size)
+    except BaseException:
+        with contextlib.suppress(libvirt.libvirtError):
+            vol.delete(0)
+        raise
+    _refresh(pool)
+    vol = pool.storageVolLookupByName(name)
+    info = volume_info(pool_name, vol)
+    detected = detect_image_format(source_path)
+    if info.format != detected:  # libvirt did not (yet) re-probe: report what the bytes are
+        info = VolumeInfo(
+            pool=info.pool,
+            name=info.name,
+            path=info.path,
+            format=detected,
+            capacity_bytes=virtual_size(source_path),
+            allocation_bytes=info.allocation_bytes,
+        )
+    return info
+
+
+def create_overlay(
+    conn: libvirt.virConnect, pool_name: str, name: str, backing: VolumeInfo, capacity_bytes: int
+) -> VolumeInfo:
+    """A qcow2 volume backed by ``backing`` (copy-on-write), at least as large as it."""
+    _check_name(name)
+    if capacity_bytes < 0:
+        raise InvalidArgument("capacity_bytes", "must not be negative")
+    pool = lookup_pool(conn, pool_name)
+    if lookup_volume(pool, name) is not None:
+        raise AlreadyExists(f"volume {name!r} already exists in pool {pool_name!r}")
+    spec = StorageVolume(
+        name=name,
+        capacity_bytes=max(capacity_bytes, backing.capacity_bytes),
+        format="qcow2",
+        backing_store=BackingStore(path=backing.path, format=backing.format),
+    )
+    vol = pool.createXML(to_string(spec.build()), 0)
+    return volume_info(pool_name, vol)
+
+
+def create_seed(
+    conn: libvirt.virConnect,
+    pool_name: str,
+    name: str,
+    meta_data: str,
+    user_data: str,
+    network_config: str,
+) -> VolumeInfo:
+    """Build a NoCloud ISO locally and upload it into the pool as a raw volume."""
+    _check_name(name)
+    with tempfile.TemporaryDirectory(prefix="vmmgr-seed-") as workdir:
+        iso = build_seed_iso(workdir, meta_data, user_data, network_config)
+        return upload_volume(conn, pool_name, name, iso)
+
+
+def delete_volume(conn: libvirt.virConnect, pool_name: str, name: str) -> None:
+    """Delete a volume; a volume that is already gone is fine (undo paths call this)."""
+    pool = lookup_pool(conn, pool_name)
+    vol = lookup_volume(pool, name)
+    if vol is None:
+        return
+    try:
+        vol.delete(0)
+    except libvirt.libvirtError as e:
+        if error_code(e) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+            raise
+
+
+def list_volumes(conn: libvirt.virConnect, pool_name: str) -> list[VolumeInfo]:
+    pool = lookup_pool(conn, pool_name)
+    out = []
+    for vol in pool.listAllVolumes(0):
+        try:
+            out.append(volume_info(pool_name, vol))
+        except libvirt.libvirtError as e:  # deleted between list and read
+            if error_code(e) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+    return sorted(out, key=lambda v: v.name)
+
+
+def get_volume(conn: libvirt.virConnect, pool_name: str, name: str) -> VolumeInfo | None:
+    pool = lookup_pool(conn, pool_name)
+    vol = lookup_volume(pool, name)
+    return volume_info(pool_name, vol) if vol is not None else None

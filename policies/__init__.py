@@ -1,0 +1,1 @@
+"""Periodic policies: pure planners (snapshot -> plan) plus the runtime that schedules them."""

@@ -1,0 +1,220 @@
+"""Fast tier: the VM API on libvirt's test driver (a private in-memory host per test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.harness import TEST_NODE_XML, Daemon, make_qcow2, running_daemon, test_config
+from vmmgr.errors import DriverError
+from vmmgr.state import repo
+from vmmgr.v1 import host_pb2, image_pb2, operation_pb2, vm_pb2
+
+SUCCEEDED = operation_pb2.OPERATION_STATE_SUCCEEDED
+FAILED = operation_pb2.OPERATION_STATE_FAILED
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    node = tmp_path / "node.xml"
+    node.write_text(TEST_NODE_XML)
+    image = make_qcow2(tmp_path / "base.qcow2")
+    with running_daemon(test_config(tmp_path)) as d:
+        d.hosts.RegisterHost(host_pb2.RegisterHostRequest(name="t1", uri=f"test://{node}"))
+        op = d.images.ImportImage(image_pb2.ImportImageRequest(name="base",
+                                                               source_path=str(image))).operation
+        assert d.wait(op).state == SUCCEEDED
+        yield d
+
+
+def spec(name: str = "vm1", **kw: object) -> vm_pb2.VMSpec:
+    return vm_pb2.VMSpec(name=name, vcpus=1, memory_mib=256,
+                         disks=[vm_pb2.DiskSpec(image="base")], **kw)  # type: ignore[arg-type]
+
+
+def create(d: Daemon, s: vm_pb2.VMSpec) -> operation_pb2.Operation:
+    return d.wait(d.vms.CreateVM(vm_pb2.CreateVMRequest(spec=s)).operation)
+
+
+def host_side(d: Daemon) -> tuple[list[str], list[str]]:
+    conn = d.core.conns.get("t1")
+    doms = [x.name for x in conn.list_domains()]
+    vols = [v.name for v in conn.list_volumes(d.config.vm_pool)]
+    return doms, vols
+
+
+def rows(d: Daemon) -> tuple[int, int]:
+    with d.core.store.read_session() as s:
+        return repo.count_vms(s), len(repo.list_volumes(s))
+
+
+def test_create_get_list_lifecycle_delete(daemon: Daemon) -> None:
+    op = create(daemon, spec(labels={"team": "ml"}))
+    assert op.state == SUCCEEDED, op.error
+    vm_id = op.result["vm_id"]
+    vm = daemon.vms.GetVM(vm_pb2.GetVMRequest(vm="vm1")).vm
+    assert (vm.id, vm.host, vm.state) == (vm_id, "t1", vm_pb2.VM_STATE_RUNNING)
+    assert len(vm.volumes) == 2
+    listed = daemon.vms.ListVMs(vm_pb2.ListVMsRequest(label_selector=["team=ml"])).vms
+    assert [v.id for v in listed] == [vm_id]
+    assert not daemon.vms.ListVMs(vm_pb2.ListVMsRequest(label_selector=["team=web"])).vms
+
+    assert daemon.vms.SuspendVM(vm_pb2.SuspendVMRequest(vm=vm_id)).vm.state == \
+        vm_pb2.VM_STATE_PAUSED
+    assert daemon.vms.ResumeVM(vm_pb2.ResumeVMRequest(vm=vm_id)).vm.state == \
+        vm_pb2.VM_STATE_RUNNING
+    assert daemon.vms.RebootVM(vm_pb2.RebootVMRequest(vm=vm_id)).vm.state == \
+        vm_pb2.VM_STATE_RUNNING
+    stopped = daemon.vms.StopVM(vm_pb2.StopVMRequest(vm=vm_id, timeout_seconds=2))
+    assert stopped.vm.state == vm_pb2.VM_STATE_STOPPED
+    assert daemon.vms.StartVM(vm_pb2.StartVMRequest(vm=vm_id)).vm.state == \
+        vm_pb2.VM_STATE_RUNNING
+
+    done = daemon.wait(daemon.vms.DeleteVM(vm_pb2.DeleteVMRequest(vm=vm_id)).operation)
+    assert done.state == SUCCEEDED, done.error
+    assert host_side(daemon) == ([], [])
+    assert rows(daemon) == (0, 0)
+
+
+def test_create_without_start_leaves_it_stopped(daemon: Daemon) -> None:
+    op = create(daemon, spec(start=False))
+    assert op.result["state"] == "stopped"
+    vm = daemon.vms.GetVM(vm_pb2.GetVMRequest(vm="vm1")).vm
+    assert vm.state == vm_pb2.VM_STATE_STOPPED
+
+
+@pytest.mark.parametrize("step", ["overlay", "seed", "define", "start", "commit"])
+def test_failure_at_any_create_step_leaves_nothing(daemon: Daemon, step: str) -> None:
+    def hook(name: str) -> None:
+        if name == step:
+            raise DriverError(f"injected failure at {step}")
+
+    daemon.core.vms.step_hook = hook
+    op = create(daemon, spec())
+    assert op.state == FAILED and f"injected failure at {step}" in op.error.message
+    assert host_side(daemon) == ([], [])
+    assert rows(daemon) == (0, 0)
+    daemon.core.vms.step_hook = lambda name: None
+    assert create(daemon, spec()).state == SUCCEEDED  # and the name is free again
+
+
+def test_cancel_before_build_undoes(daemon: Daemon) -> None:
+    import threading
+
+    gate = threading.Event()
+    daemon.core.vms.step_hook = lambda name: gate.wait(10) if name == "seed" else None
+    op = daemon.vms.CreateVM(vm_pb2.CreateVMRequest(spec=spec())).operation
+    from vmmgr.v1 import operation_pb2 as o
+
+    daemon.ops.CancelOperation(o.CancelOperationRequest(id=op.id))
+    gate.set()
+    done = daemon.wait(op)
+    assert done.state == operation_pb2.OPERATION_STATE_CANCELLED
+    assert host_side(daemon) == ([], []) and rows(daemon) == (0, 0)
+
+
+def code_of(call: object, *args: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call(*args)  # type: ignore[operator]
+    return err.value.code(), err.value.details()
+
+
+def test_bad_create_requests_name_the_field_and_change_nothing(daemon: Daemon) -> None:
+    cases = [
+        (spec(name="Bad_Name"), grpc.StatusCode.INVALID_ARGUMENT, "spec.name"),
+        (spec(name="</name><devices>"), grpc.StatusCode.INVALID_ARGUMENT, "spec.name"),
+        (vm_pb2.VMSpec(name="x", vcpus=0, memory_mib=256,
+                       disks=[vm_pb2.DiskSpec(image="base")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "spec.vcpus"),
+        (vm_pb2.VMSpec(name="x", vcpus=1, memory_mib=256), grpc.StatusCode.INVALID_ARGUMENT,
+         "spec.disks"),
+        (vm_pb2.VMSpec(name="x", vcpus=1, memory_mib=256,
+                       disks=[vm_pb2.DiskSpec(image="nope")]),
+         grpc.StatusCode.NOT_FOUND, "spec.disks[0].image"),
+        (spec(vcpus=1000), grpc.StatusCode.INVALID_ARGUMENT, "spec.vcpus"),
+        (vm_pb2.VMSpec(name="big", vcpus=64, memory_mib=1024 * 1024,
+                       disks=[vm_pb2.DiskSpec(image="base")]),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "memory"),
+    ]
+    for s, code, text in cases:
+        got, details = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest(spec=s))
+        assert got == code and text in details, (s, got, details)
+    assert host_side(daemon) == ([], []) and rows(daemon) == (0, 0)
+    got, _ = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest())
+    assert got == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_duplicate_name_is_already_exists(daemon: Daemon) -> None:
+    assert create(daemon, spec()).state == SUCCEEDED
+    got, details = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest(spec=spec()))
+    assert got == grpc.StatusCode.ALREADY_EXISTS and "spec.name" in details
+
+
+def test_request_id_makes_create_idempotent(daemon: Daemon) -> None:
+    req = vm_pb2.CreateVMRequest(spec=spec(), request_id="retry-1")
+    first = daemon.vms.CreateVM(req).operation
+    second = daemon.vms.CreateVM(req).operation
+    assert first.id == second.id
+    assert daemon.wait(first).state == SUCCEEDED
+
+
+def test_lifecycle_errors(daemon: Daemon) -> None:
+    assert code_of(daemon.vms.GetVM, vm_pb2.GetVMRequest(vm="ghost"))[0] == \
+        grpc.StatusCode.NOT_FOUND
+    assert code_of(daemon.vms.GetVM, vm_pb2.GetVMRequest())[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    create(daemon, spec())
+    assert code_of(daemon.vms.ResumeVM, vm_pb2.ResumeVMRequest(vm="vm1"))[0] == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(daemon.vms.StopVM, vm_pb2.StopVMRequest(vm="vm1", timeout_seconds=-1))[0] \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(page_size=5000))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(page_token="!!"))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(label_selector=["x"]))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_list_pages(daemon: Daemon) -> None:
+    for i in range(5):
+        assert create(daemon, spec(name=f"p{i}", start=False)).state == SUCCEEDED
+    names, token = [], ""
+    while True:
+        resp = daemon.vms.ListVMs(vm_pb2.ListVMsRequest(page_size=2, page_token=token))
+        names += [v.spec.name for v in resp.vms]
+        token = resp.next_page_token
+        if not token:
+            break
+    assert names == [f"p{i}" for i in range(5)]
+
+
+def test_explain_shows_ranking_and_rejections(daemon: Daemon) -> None:
+    ok = daemon.vms.ExplainPlacement(vm_pb2.ExplainPlacementRequest(spec=spec()))
+    assert ok.chosen_host == "t1" and ok.hosts_considered == 1
+    too_big = daemon.vms.ExplainPlacement(vm_pb2.ExplainPlacementRequest(
+        spec=spec(memory_mib=1024 * 1024)))
+    assert too_big.chosen_host == "" and sum(r.hosts_rejected for r in too_big.rejections) == 1
+    assert rows(daemon) == (0, 0)
+
+
+def test_host_registration_errors(daemon: Daemon, tmp_path: Path) -> None:
+    h = daemon.hosts
+    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(name="x", uri="http://x"))[0] \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(name="Bad Name",
+                                                                uri="test:///default"))[0] \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(
+        name="gone", uri="qemu+tcp://127.0.0.1:1/system"))[0] == grpc.StatusCode.UNAVAILABLE
+    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(
+        name="t1", uri="test:///default"))[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert [x.name for x in h.ListHosts(host_pb2.ListHostsRequest()).hosts] == ["t1"]
+    create(daemon, spec())
+    assert code_of(h.RemoveHost, host_pb2.RemoveHostRequest(name="t1"))[0] == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    host = h.GetHost(host_pb2.GetHostRequest(name="t1")).host
+    assert (host.cpus, host.vm_count, host.used_vcpus) == (8, 1, 1)

@@ -1,0 +1,172 @@
+"""Long-running operations: persisted so progress can be streamed and a restart fails them
+cleanly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
+
+from vmmgr.errors import FailedPrecondition, InvalidArgument, VmmgrError
+from vmmgr.state.models import Operation, OperationState
+from vmmgr.state.repo._common import check_choice, get_or_404, insert
+from vmmgr.state.types import utcnow
+
+_UNFINISHED = (OperationState.PENDING.value, OperationState.RUNNING.value)
+RESTART_MESSAGE = "vmmgrd restarted before the operation finished"
+
+
+def create_operation(
+    session: Session,
+    kind: str,
+    target: str,
+    *,
+    request_id: str = "",
+    message: str = "",
+) -> Operation:
+    if not kind:
+        raise InvalidArgument("kind", "an operation needs a kind")
+    op = Operation(kind=kind, target=target, request_id=request_id, message=message)
+    return insert(session, op, duplicate=lambda: FailedPrecondition("operation id collision"))
+
+
+def get_operation(session: Session, op_id: str) -> Operation:
+    return get_or_404(session, Operation, op_id, "operation")
+
+
+def find_operation_by_request_id(
+    session: Session, request_id: str, *, kind: str | None = None
+) -> Operation | None:
+    """The operation a retried request already started (idempotency), newest first."""
+    if not request_id:
+        return None
+    q = select(Operation).where(Operation.request_id == request_id)
+    if kind is not None:
+        q = q.where(Operation.kind == kind)
+    return session.exec(q.order_by(col(Operation.created_at).desc())).first()
+
+
+def list_operations(
+    session: Session,
+    *,
+    state: str | None = None,
+    target: str | None = None,
+    kind: str | None = None,
+    limit: int = 100,
+) -> list[Operation]:
+    """Newest first."""
+    q = select(Operation)
+    if state is not None:
+        q = q.where(Operation.state == state)
+    if target is not None:
+        q = q.where(Operation.target == target)
+    if kind is not None:
+        q = q.where(Operation.kind == kind)
+    q = q.order_by(col(Operation.created_at).desc(), col(Operation.id)).limit(limit)
+    return list(session.exec(q))
+
+
+def _unfinished(session: Session, op_id: str) -> Operation:
+    op = get_operation(session, op_id)
+    if op.state not in _UNFINISHED:
+        raise FailedPrecondition(f"operation {op_id!r} already {op.state}")
+    return op
+
+
+def update_operation(
+    session: Session,
+    op_id: str,
+    *,
+    state: str | None = None,
+    progress: float | None = None,
+    message: str | None = None,
+    result: Mapping[str, str] | None = None,
+) -> Operation:
+    """Progress of a pending/running operation; finishing goes through ``finish_operation``."""
+    op = _unfinished(session, op_id)
+    if state is not None:
+        check_choice("state", state, _UNFINISHED)
+        op.state = state
+    if progress is not None:
+        if not 0.0 <= progress <= 100.0:
+            raise InvalidArgument("progress", f"{progress} is outside 0..100")
+        op.progress = progress
+    if message is not None:
+        op.message = message
+    if result is not None:
+        op.result = {**op.result, **result}
+    op.updated_at = utcnow()
+    session.flush()
+    return op
+
+
+def finish_operation(
+    session: Session,
+    op_id: str,
+    state: str,
+    *,
+    error: VmmgrError | None = None,
+    message: str | None = None,
+    result: Mapping[str, str] | None = None,
+) -> Operation:
+    """Move an operation to succeeded / failed / cancelled (once; finished is final)."""
+    check_choice(
+        "state",
+        state,
+        (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED),
+    )
+    if state == OperationState.FAILED and error is None:
+        raise InvalidArgument("error", "a failed operation needs its error")
+    op = _unfinished(session, op_id)
+    now = utcnow()
+    op.state = state
+    if state == OperationState.SUCCEEDED:
+        op.progress = 100.0
+    if error is not None:
+        op.error_code = error.code
+        op.error_message = error.message
+        op.error_field = error.field or ""
+    if message is not None:
+        op.message = message
+    if result is not None:
+        op.result = {**op.result, **result}
+    op.updated_at = now
+    op.finished_at = now
+    session.flush()
+    return op
+
+
+def request_cancel(session: Session, op_id: str) -> Operation:
+    """Flag the operation; its worker checks the flag between steps and undoes."""
+    op = _unfinished(session, op_id)
+    op.cancel_requested = True
+    op.updated_at = utcnow()
+    session.flush()
+    return op
+
+
+def fail_unfinished_operations(
+    session: Session, *, message: str = RESTART_MESSAGE, now: datetime | None = None
+) -> list[Operation]:
+    """At daemon start: nothing is running any more, so every unfinished operation failed."""
+    now = now or utcnow()
+    ops = list(session.exec(select(Operation).where(col(Operation.state).in_(_UNFINISHED))))
+    for op in ops:
+        op.state = OperationState.FAILED.value
+        op.error_code = "ABORTED"
+        op.error_message = message
+        op.error_field = ""
+        op.updated_at = now
+        op.finished_at = now
+    session.flush()
+    return ops
+
+
+def prune_operations(session: Session, *, finished_before: datetime) -> int:
+    """Drop finished operations older than ``finished_before``; returns how many."""
+    stmt = delete(Operation).where(
+        col(Operation.finished_at).is_not(None), col(Operation.finished_at) < finished_before
+    )
+    return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
