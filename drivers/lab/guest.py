@@ -1,8 +1,9 @@
 """The lab's tiny test guest: direct kernel boot of a busybox initramfs that prints heartbeats.
 
 The guest (images/build/tiny-vmlinuz + tiny-initrd.img, optional tiny.qcow2 disk) writes
-``vmmgr-heartbeat N ...`` every second to ttyS0 and to the virtio-serial port
-``org.vmmgr.heartbeat.0``. Domain type 'qemu' (TCG): a Linux guest boots here only under TCG.
+``vmmgr-heartbeat <id> <counter>`` every second to ttyS0 and to the virtio-serial port
+``org.vmmgr.heartbeat.0`` (images/tiny/init). Domain type 'qemu' (TCG): a Linux guest boots
+here only under TCG.
 
 The XML comes from the libvirt driver's typed element classes (drivers.hypervisor.libvirt.xml).
 """
@@ -55,8 +56,16 @@ class TinyGuest:
     disk: str = ""  # qcow2 path (as seen by the host running it); "" = diskless
     memory_mib: int = 128
     vcpus: int = 1
-    cmdline: str = "console=ttyS0 quiet panic=-1"
+    acpi_poweroff: bool = False  # the image ignores the power button unless told otherwise
     cdrom: str = ""  # a local ISO (makes the guest not live-migratable in vmmgr's matrix)
+
+
+def cmdline(g: TinyGuest) -> str:
+    """Kernel command line: serial console, heartbeat id = the guest's name."""
+    args = ["console=ttyS0", "quiet", "panic=-1", f"vmmgr.id={g.name}"]
+    if g.acpi_poweroff:
+        args.append("vmmgr.acpi=poweroff")
+    return " ".join(args)
 
 
 def domain(g: TinyGuest) -> Domain:
@@ -85,7 +94,7 @@ def domain(g: TinyGuest) -> Domain:
             type=OsType(value="hvm", arch="x86_64"),
             kernel=g.kernel,
             initrd=g.initrd,
-            cmdline=g.cmdline,
+            cmdline=cmdline(g),
         ),
         on_crash="destroy",
         devices=Devices(

@@ -24,15 +24,16 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     image = make_qcow2(tmp_path / "base.qcow2")
     with running_daemon(test_config(tmp_path)) as d:
         d.hosts.RegisterHost(host_pb2.RegisterHostRequest(name="t1", uri=f"test://{node}"))
-        op = d.images.ImportImage(image_pb2.ImportImageRequest(name="base",
-                                                               source_path=str(image))).operation
+        op = d.images.ImportImage(
+            image_pb2.ImportImageRequest(name="base", source_path=str(image))
+        ).operation
         assert d.wait(op).state == SUCCEEDED
         yield d
 
 
 def spec(name: str = "vm1", **kw: object) -> vm_pb2.VMSpec:
-    return vm_pb2.VMSpec(name=name, vcpus=1, memory_mib=256,
-                         disks=[vm_pb2.DiskSpec(image="base")], **kw)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"vcpus": 1, "memory_mib": 256, **kw}
+    return vm_pb2.VMSpec(name=name, disks=[vm_pb2.DiskSpec(image="base")], **fields)  # type: ignore[arg-type]
 
 
 def create(d: Daemon, s: vm_pb2.VMSpec) -> operation_pb2.Operation:
@@ -62,16 +63,14 @@ def test_create_get_list_lifecycle_delete(daemon: Daemon) -> None:
     assert [v.id for v in listed] == [vm_id]
     assert not daemon.vms.ListVMs(vm_pb2.ListVMsRequest(label_selector=["team=web"])).vms
 
-    assert daemon.vms.SuspendVM(vm_pb2.SuspendVMRequest(vm=vm_id)).vm.state == \
-        vm_pb2.VM_STATE_PAUSED
-    assert daemon.vms.ResumeVM(vm_pb2.ResumeVMRequest(vm=vm_id)).vm.state == \
-        vm_pb2.VM_STATE_RUNNING
-    assert daemon.vms.RebootVM(vm_pb2.RebootVMRequest(vm=vm_id)).vm.state == \
-        vm_pb2.VM_STATE_RUNNING
+    assert (
+        daemon.vms.SuspendVM(vm_pb2.SuspendVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_PAUSED
+    )
+    assert daemon.vms.ResumeVM(vm_pb2.ResumeVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_RUNNING
+    assert daemon.vms.RebootVM(vm_pb2.RebootVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_RUNNING
     stopped = daemon.vms.StopVM(vm_pb2.StopVMRequest(vm=vm_id, timeout_seconds=2))
     assert stopped.vm.state == vm_pb2.VM_STATE_STOPPED
-    assert daemon.vms.StartVM(vm_pb2.StartVMRequest(vm=vm_id)).vm.state == \
-        vm_pb2.VM_STATE_RUNNING
+    assert daemon.vms.StartVM(vm_pb2.StartVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_RUNNING
 
     done = daemon.wait(daemon.vms.DeleteVM(vm_pb2.DeleteVMRequest(vm=vm_id)).operation)
     assert done.state == SUCCEEDED, done.error
@@ -126,18 +125,29 @@ def test_bad_create_requests_name_the_field_and_change_nothing(daemon: Daemon) -
     cases = [
         (spec(name="Bad_Name"), grpc.StatusCode.INVALID_ARGUMENT, "spec.name"),
         (spec(name="</name><devices>"), grpc.StatusCode.INVALID_ARGUMENT, "spec.name"),
-        (vm_pb2.VMSpec(name="x", vcpus=0, memory_mib=256,
-                       disks=[vm_pb2.DiskSpec(image="base")]),
-         grpc.StatusCode.INVALID_ARGUMENT, "spec.vcpus"),
-        (vm_pb2.VMSpec(name="x", vcpus=1, memory_mib=256), grpc.StatusCode.INVALID_ARGUMENT,
-         "spec.disks"),
-        (vm_pb2.VMSpec(name="x", vcpus=1, memory_mib=256,
-                       disks=[vm_pb2.DiskSpec(image="nope")]),
-         grpc.StatusCode.NOT_FOUND, "spec.disks[0].image"),
+        (
+            vm_pb2.VMSpec(name="x", vcpus=0, memory_mib=256, disks=[vm_pb2.DiskSpec(image="base")]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.vcpus",
+        ),
+        (
+            vm_pb2.VMSpec(name="x", vcpus=1, memory_mib=256),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.disks",
+        ),
+        (
+            vm_pb2.VMSpec(name="x", vcpus=1, memory_mib=256, disks=[vm_pb2.DiskSpec(image="nope")]),
+            grpc.StatusCode.NOT_FOUND,
+            "spec.disks[0].image",
+        ),
         (spec(vcpus=1000), grpc.StatusCode.INVALID_ARGUMENT, "spec.vcpus"),
-        (vm_pb2.VMSpec(name="big", vcpus=64, memory_mib=1024 * 1024,
-                       disks=[vm_pb2.DiskSpec(image="base")]),
-         grpc.StatusCode.RESOURCE_EXHAUSTED, "memory"),
+        (
+            vm_pb2.VMSpec(
+                name="big", vcpus=1, memory_mib=1024 * 1024, disks=[vm_pb2.DiskSpec(image="base")]
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "memory",
+        ),
     ]
     for s, code, text in cases:
         got, details = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest(spec=s))
@@ -162,21 +172,31 @@ def test_request_id_makes_create_idempotent(daemon: Daemon) -> None:
 
 
 def test_lifecycle_errors(daemon: Daemon) -> None:
-    assert code_of(daemon.vms.GetVM, vm_pb2.GetVMRequest(vm="ghost"))[0] == \
-        grpc.StatusCode.NOT_FOUND
-    assert code_of(daemon.vms.GetVM, vm_pb2.GetVMRequest())[0] == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(daemon.vms.GetVM, vm_pb2.GetVMRequest(vm="ghost"))[0] == grpc.StatusCode.NOT_FOUND
+    )
+    assert code_of(daemon.vms.GetVM, vm_pb2.GetVMRequest())[0] == grpc.StatusCode.INVALID_ARGUMENT
     create(daemon, spec())
-    assert code_of(daemon.vms.ResumeVM, vm_pb2.ResumeVMRequest(vm="vm1"))[0] == \
-        grpc.StatusCode.FAILED_PRECONDITION
-    assert code_of(daemon.vms.StopVM, vm_pb2.StopVMRequest(vm="vm1", timeout_seconds=-1))[0] \
+    assert (
+        code_of(daemon.vms.ResumeVM, vm_pb2.ResumeVMRequest(vm="vm1"))[0]
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert (
+        code_of(daemon.vms.StopVM, vm_pb2.StopVMRequest(vm="vm1", timeout_seconds=-1))[0]
         == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(page_size=5000))[0] == \
-        grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(page_token="!!"))[0] == \
-        grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(label_selector=["x"]))[0] == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(page_size=5000))[0]
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(page_token="!!"))[0]
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code_of(daemon.vms.ListVMs, vm_pb2.ListVMsRequest(label_selector=["x"]))[0]
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_list_pages(daemon: Daemon) -> None:
@@ -195,26 +215,41 @@ def test_list_pages(daemon: Daemon) -> None:
 def test_explain_shows_ranking_and_rejections(daemon: Daemon) -> None:
     ok = daemon.vms.ExplainPlacement(vm_pb2.ExplainPlacementRequest(spec=spec()))
     assert ok.chosen_host == "t1" and ok.hosts_considered == 1
-    too_big = daemon.vms.ExplainPlacement(vm_pb2.ExplainPlacementRequest(
-        spec=spec(memory_mib=1024 * 1024)))
+    too_big = daemon.vms.ExplainPlacement(
+        vm_pb2.ExplainPlacementRequest(spec=spec(memory_mib=1024 * 1024))
+    )
     assert too_big.chosen_host == "" and sum(r.hosts_rejected for r in too_big.rejections) == 1
     assert rows(daemon) == (0, 0)
 
 
 def test_host_registration_errors(daemon: Daemon, tmp_path: Path) -> None:
     h = daemon.hosts
-    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(name="x", uri="http://x"))[0] \
+    assert (
+        code_of(h.RegisterHost, host_pb2.RegisterHostRequest(name="x", uri="http://x"))[0]
         == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(name="Bad Name",
-                                                                uri="test:///default"))[0] \
+    )
+    assert (
+        code_of(
+            h.RegisterHost, host_pb2.RegisterHostRequest(name="Bad Name", uri="test:///default")
+        )[0]
         == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(
-        name="gone", uri="qemu+tcp://127.0.0.1:1/system"))[0] == grpc.StatusCode.UNAVAILABLE
-    assert code_of(h.RegisterHost, host_pb2.RegisterHostRequest(
-        name="t1", uri="test:///default"))[0] == grpc.StatusCode.ALREADY_EXISTS
+    )
+    assert (
+        code_of(
+            h.RegisterHost,
+            host_pb2.RegisterHostRequest(name="gone", uri="qemu+tcp://127.0.0.1:1/system"),
+        )[0]
+        == grpc.StatusCode.UNAVAILABLE
+    )
+    assert (
+        code_of(h.RegisterHost, host_pb2.RegisterHostRequest(name="t1", uri="test:///default"))[0]
+        == grpc.StatusCode.ALREADY_EXISTS
+    )
     assert [x.name for x in h.ListHosts(host_pb2.ListHostsRequest()).hosts] == ["t1"]
     create(daemon, spec())
-    assert code_of(h.RemoveHost, host_pb2.RemoveHostRequest(name="t1"))[0] == \
-        grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        code_of(h.RemoveHost, host_pb2.RemoveHostRequest(name="t1"))[0]
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
     host = h.GetHost(host_pb2.GetHostRequest(name="t1")).host
     assert (host.cpus, host.vm_count, host.used_vcpus) == (8, 1, 1)

@@ -188,7 +188,7 @@ def test_operations_in_the_wrong_state_fail_with_failed_precondition(
             op(s.vm_id)
     conn.start(s.vm_id)
     with pytest.raises(FailedPrecondition):
-        conn.start(s.vm_id)  # libvirt: operation invalid
+        conn.start(s.vm_id)  # already running
     with pytest.raises(FailedPrecondition):
         conn.resume(s.vm_id)
     with pytest.raises(FailedPrecondition):

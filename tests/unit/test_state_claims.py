@@ -14,10 +14,10 @@ from vmmgr.state import Store, repo
 from vmmgr.state.models import VM, Device, DeviceClaim, Host
 from vmmgr.state.repo import ClaimRequest
 
-A100_MDEV = [{"name": "nvidia-471", "display_name": "GRID A100-4C", "available": 10,
-              "max_instances": 2},
-             {"name": "nvidia-472", "display_name": "GRID A100-8C", "available": 5,
-              "max_instances": 5}]
+A100_MDEV = [
+    {"name": "nvidia-471", "display_name": "GRID A100-4C", "available": 10, "max_instances": 2},
+    {"name": "nvidia-472", "display_name": "GRID A100-8C", "available": 5, "max_instances": 5},
+]
 H100_MIG = {
     "enabled": True,
     "total_slices": 7,
@@ -32,8 +32,16 @@ H100_MIG = {
 
 def _gpu(address: str, **kw: Any) -> Device:
     fields: dict[str, Any] = dict(
-        host="h1", address=address, kind="gpu", vendor_id=0x10DE, product_id=0x2330,
-        model="H100-80GB", numa_node=0, iommu_group=12, driver="nvidia", health="healthy",
+        host="h1",
+        address=address,
+        kind="gpu",
+        vendor_id=0x10DE,
+        product_id=0x2330,
+        model="H100-80GB",
+        numa_node=0,
+        iommu_group=12,
+        driver="nvidia",
+        health="healthy",
     )
     fields.update(kw)
     return Device(**fields)
@@ -57,8 +65,9 @@ def gpus(store: Store, host: Host) -> list[str]:
 @pytest.fixture
 def vms(store: Store, host: Host) -> list[str]:
     with store.session() as s:
-        return [repo.add_vm(s, VM(name=f"v{i}", vcpus=1, memory_mib=1, host="h1")).id
-                for i in range(4)]
+        return [
+            repo.add_vm(s, VM(name=f"v{i}", vcpus=1, memory_mib=1, host="h1")).id for i in range(4)
+        ]
 
 
 # ---------------------------------------------------------------------------- inventory
@@ -135,13 +144,13 @@ def test_whole_claim_then_double_claim_fails_naming_device(
         assert [(x.vm_id, x.original_driver) for x in claims] == [(vms[0], "nvidia")]
 
 
-def test_database_itself_rejects_two_whole_claims(store: Store, gpus: list[str],
-                                                  vms: list[str]) -> None:
+def test_database_itself_rejects_two_whole_claims(
+    store: Store, gpus: list[str], vms: list[str]
+) -> None:
     """Bypass the repo checks: the UNIQUE column alone must refuse the second claim."""
     with pytest.raises(IntegrityError), store.session() as s:
         for vm in vms[:2]:
-            s.add(DeviceClaim(device_id=gpus[0], vm_id=vm, kind="pci",
-                              exclusive_device_id=gpus[0]))
+            s.add(DeviceClaim(device_id=gpus[0], vm_id=vm, kind="pci", exclusive_device_id=gpus[0]))
             s.flush()
     with store.session() as s:  # non-exclusive claims (NULL) never collide
         for vm in vms[:2]:
@@ -159,13 +168,12 @@ def test_claim_batch_is_all_or_nothing(store: Store, gpus: list[str], vms: list[
         assert repo.list_claims(s, vm_id=vms[1]) == []  # the first one was rolled back
         made = repo.claim_devices(s, vms[1], [ClaimRequest(gpus[0]), ClaimRequest(gpus[2])])
         assert [c.device_id for c in made] == [gpus[0], gpus[2]]
-    with store.session() as s:  # the same device twice in one batch
-        with pytest.raises(FailedPrecondition):
-            repo.claim_devices(s, vms[2], [ClaimRequest(gpus[0]), ClaimRequest(gpus[0])])
+    # the same device twice in one batch
+    with store.session() as s, pytest.raises(FailedPrecondition):
+        repo.claim_devices(s, vms[2], [ClaimRequest(gpus[0]), ClaimRequest(gpus[0])])
 
 
-def test_claim_not_found_and_absent_device(store: Store, gpus: list[str],
-                                           vms: list[str]) -> None:
+def test_claim_not_found_and_absent_device(store: Store, gpus: list[str], vms: list[str]) -> None:
     with store.session() as s:
         with pytest.raises(NotFound) as e:
             repo.claim_device(s, "no-vm", ClaimRequest(gpus[0]))
@@ -182,8 +190,9 @@ def test_claim_not_found_and_absent_device(store: Store, gpus: list[str],
         assert "no longer present" in str(e3.value)
 
 
-def test_racing_whole_claims_exactly_one_wins(store: Store, gpus: list[str],
-                                              vms: list[str]) -> None:
+def test_racing_whole_claims_exactly_one_wins(
+    store: Store, gpus: list[str], vms: list[str]
+) -> None:
     barrier = threading.Barrier(4)
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -212,8 +221,9 @@ def test_racing_whole_claims_exactly_one_wins(store: Store, gpus: list[str],
 # ---------------------------------------------------------------------------- vGPU / MIG
 
 
-def test_mdev_claims_one_type_per_gpu_and_capacity(store: Store, gpus: list[str],
-                                                   vms: list[str]) -> None:
+def test_mdev_claims_one_type_per_gpu_and_capacity(
+    store: Store, gpus: list[str], vms: list[str]
+) -> None:
     gpu = gpus[1]
     with store.session() as s:
         repo.claim_device(s, vms[0], ClaimRequest(gpu, kind="mdev", mdev_type="nvidia-471"))
@@ -256,8 +266,7 @@ def test_mig_claims_count_slices(store: Store, gpus: list[str], vms: list[str]) 
 
 def test_release_returns_undo_facts(store: Store, gpus: list[str], vms: list[str]) -> None:
     with store.session() as s:
-        c = repo.claim_device(s, vms[0], ClaimRequest(gpus[1], kind="mdev",
-                                                      mdev_type="nvidia-471"))
+        c = repo.claim_device(s, vms[0], ClaimRequest(gpus[1], kind="mdev", mdev_type="nvidia-471"))
         repo.claim_device(s, vms[0], ClaimRequest(gpus[0], original_driver="nvidia"))
         repo.update_claim(s, c.id, mdev_uuid="6f1c-uuid")
     with store.session() as s:
@@ -265,7 +274,9 @@ def test_release_returns_undo_facts(store: Store, gpus: list[str], vms: list[str
         assert repo.list_claims(s, host="h2") == []
         released = repo.release_claims(s, vms[0])
         assert {(x.mdev_uuid, x.original_driver) for x in released} == {
-            ("6f1c-uuid", ""), ("", "nvidia")}
+            ("6f1c-uuid", ""),
+            ("", "nvidia"),
+        }
         assert repo.list_claims(s, vm_id=vms[0]) == []
         # the whole device is free again
         c2 = repo.claim_device(s, vms[1], ClaimRequest(gpus[0]))

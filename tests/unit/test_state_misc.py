@@ -115,14 +115,15 @@ def test_prune_operations_keeps_unfinished(store: Store) -> None:
 
 def test_events_since_seq_and_prune_never_reuses_seq(store: Store) -> None:
     with store.session() as s:
-        evs = [repo.append_event(s, "vm.started", f"vm-{i}", "ok", attributes={"i": i})
-               for i in range(5)]
+        evs = [
+            repo.append_event(s, "vm.started", f"vm-{i}", "ok", attributes={"i": i})
+            for i in range(5)
+        ]
         repo.append_event(s, "host.down", "h1", "gone", severity="error")
     seqs = [e.seq for e in evs]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     with store.read_session() as s:
-        assert [e.seq for e in repo.list_events(s, since_seq=seqs[2])] == seqs[3:] + [
-            seqs[-1] + 1]
+        assert [e.seq for e in repo.list_events(s, since_seq=seqs[2])] == seqs[3:] + [seqs[-1] + 1]
         assert [e.kind for e in repo.list_events(s, kind="host.down")] == ["host.down"]
         assert [e.attributes for e in repo.list_events(s, resource="vm-1")] == [{"i": 1}]
         assert len(repo.list_events(s, limit=2)) == 2
@@ -148,15 +149,26 @@ def test_events_since_seq_and_prune_never_reuses_seq(store: Store) -> None:
 
 def test_device_samples_window_and_prune(store: Store, host: Host) -> None:
     with store.session() as s:
-        repo.upsert_devices(s, "h1", [Device(host="h1", address="a", kind="gpu"),
-                                      Device(host="h1", address="b", kind="gpu")])
-        repo.append_device_samples(s, [
-            DeviceSample(device_id=f"h1/{d}", time=T0 + timedelta(seconds=i), gpu_util=i)
-            for d in "ab" for i in range(10)
-        ])
+        repo.upsert_devices(
+            s,
+            "h1",
+            [
+                Device(host="h1", address="a", kind="gpu"),
+                Device(host="h1", address="b", kind="gpu"),
+            ],
+        )
+        repo.append_device_samples(
+            s,
+            [
+                DeviceSample(device_id=f"h1/{d}", time=T0 + timedelta(seconds=i), gpu_util=i)
+                for d in "ab"
+                for i in range(10)
+            ],
+        )
         # same (device, time) again: replaces
-        repo.append_device_samples(s, [DeviceSample(device_id="h1/a", time=T0, gpu_util=99,
-                                                    temperature_c=None)])
+        repo.append_device_samples(
+            s, [DeviceSample(device_id="h1/a", time=T0, gpu_util=99, temperature_c=None)]
+        )
     with store.session() as s:
         window = repo.device_samples(s, "h1/a", since=T0 + timedelta(seconds=7))
         assert [w.gpu_util for w in window] == [7, 8, 9]
@@ -173,10 +185,18 @@ def test_device_samples_window_and_prune(store: Store, host: Host) -> None:
 
 def test_host_samples_window_and_prune(store: Store, host: Host) -> None:
     with store.session() as s:
-        repo.append_host_samples(s, [
-            HostSample(host="h1", time=T0 + timedelta(minutes=i), cpu_util=i / 10,
-                       memory_used_mib=1000 + i) for i in range(6)
-        ])
+        repo.append_host_samples(
+            s,
+            [
+                HostSample(
+                    host="h1",
+                    time=T0 + timedelta(minutes=i),
+                    cpu_util=i / 10,
+                    memory_used_mib=1000 + i,
+                )
+                for i in range(6)
+            ],
+        )
     with store.session() as s:
         assert len(repo.host_samples(s, "h1", since=T0 + timedelta(minutes=4))) == 2
         assert [x.cpu_util for x in repo.host_samples(s, "h1", limit=1)] == [0.5]
@@ -235,8 +255,9 @@ def test_groups_membership(store: Store) -> None:
 
 def test_policy_configs(store: Store) -> None:
     with store.session() as s:
-        repo.upsert_policy_config(s, "balance", enabled=True, interval_s=30,
-                                  params={"threshold": 0.2})
+        repo.upsert_policy_config(
+            s, "balance", enabled=True, interval_s=30, params={"threshold": 0.2}
+        )
         repo.upsert_policy_config(s, "balance", interval_s=60)  # others keep their values
         with pytest.raises(InvalidArgument) as e:
             repo.upsert_policy_config(s, "balance", interval_s=0)
@@ -253,8 +274,9 @@ def test_policy_configs(store: Store) -> None:
 
 def test_scale_groups(store: Store) -> None:
     with store.session() as s:
-        repo.add_scale_group(s, ScaleGroup(name="workers", template={"vcpus": 2}, min_size=1,
-                                           max_size=5, desired=2))
+        repo.add_scale_group(
+            s, ScaleGroup(name="workers", template={"vcpus": 2}, min_size=1, max_size=5, desired=2)
+        )
         with pytest.raises(AlreadyExists):
             repo.add_scale_group(s, ScaleGroup(name="workers"))
         for bad, field in (
@@ -330,10 +352,16 @@ def test_tokens_store_only_hash(store: Store) -> None:
 
 def test_audit_is_append_only(store: Store) -> None:
     with store.session() as s:
-        a = repo.append_audit(s, principal="alice", method="/vmmgr.v1.VMs/Create",
-                              project="ml", target="vm-1")
-        repo.append_audit(s, principal="bob", method="/vmmgr.v1.VMs/Delete",
-                          result_code="PERMISSION_DENIED", time=T0)
+        a = repo.append_audit(
+            s, principal="alice", method="/vmmgr.v1.VMs/Create", project="ml", target="vm-1"
+        )
+        repo.append_audit(
+            s,
+            principal="bob",
+            method="/vmmgr.v1.VMs/Delete",
+            result_code="PERMISSION_DENIED",
+            time=T0,
+        )
     with store.read_session() as s:
         assert [r.principal for r in repo.list_audit(s)] == ["alice", "bob"]
         assert [r.principal for r in repo.list_audit(s, since_seq=a.seq or 0)] == ["bob"]

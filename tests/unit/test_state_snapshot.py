@@ -22,8 +22,10 @@ T0 = datetime(2030, 5, 1, tzinfo=UTC)
 MIG = {
     "enabled": True,
     "total_slices": 7,
-    "profiles": [{"name": "1g.10gb", "slices": 1, "memory_mib": 9856, "max_instances": 7},
-                 {"name": "3g.40gb", "slices": 3, "memory_mib": 40192, "max_instances": 2}],
+    "profiles": [
+        {"name": "1g.10gb", "slices": 1, "memory_mib": 9856, "max_instances": 7},
+        {"name": "3g.40gb", "slices": 3, "memory_mib": 40192, "max_instances": 2},
+    ],
     "instances": ["3g.40gb", "1g.10gb"],  # one foreign 1g instance; the 3g one is claimed
 }
 
@@ -36,55 +38,125 @@ def test_empty_store_gives_empty_snapshot(store: Store) -> None:
 
 def test_snapshot_sums_usage_devices_groups(store: Store) -> None:
     with store.session() as s:
-        repo.add_host(s, Host(name="h1", uri="x", state="up", cpus=64, memory_mib=262144,
-                              disk_gib=2000, tags=["gpu", "ssd"], pool="rack1",
-                              numa_cells=[{"id": 0, "cpus": 32, "memory_mib": 131072},
-                                          {"id": 1, "cpus": 32, "memory_mib": 131072}]))
+        repo.add_host(
+            s,
+            Host(
+                name="h1",
+                uri="x",
+                state="up",
+                cpus=64,
+                memory_mib=262144,
+                disk_gib=2000,
+                tags=["gpu", "ssd"],
+                pool="rack1",
+                numa_cells=[
+                    {"id": 0, "cpus": 32, "memory_mib": 131072},
+                    {"id": 1, "cpus": 32, "memory_mib": 131072},
+                ],
+            ),
+        )
         repo.add_host(s, Host(name="h2", uri="x", state="maintenance", cpus=8, memory_mib=8192))
-        repo.upsert_devices(s, "h1", [
-            Device(host="h1", address="0000:3b:00.0", kind="gpu", vendor_id=0x10DE,
-                   product_id=0x2330, model="H100-80GB", numa_node=0, iommu_group=12,
-                   health="healthy"),
-            Device(host="h1", address="0000:5e:00.0", kind="gpu", model="A100",
-                   health="healthy", mdev_types=[{"name": "nvidia-471", "display_name": "4C",
-                                                  "available": 8, "max_instances": 10}]),
-            Device(host="h1", address="0000:86:00.0", kind="gpu", model="H100-80GB",
-                   health="tainted", mig=MIG),
-            Device(host="h1", address="0000:af:00.1", kind="fpga", model="ALVEO-U250",
-                   sriov={"is_pf": False, "pf": "0000:af:00.0"}),
-        ])
+        repo.upsert_devices(
+            s,
+            "h1",
+            [
+                Device(
+                    host="h1",
+                    address="0000:3b:00.0",
+                    kind="gpu",
+                    vendor_id=0x10DE,
+                    product_id=0x2330,
+                    model="H100-80GB",
+                    numa_node=0,
+                    iommu_group=12,
+                    health="healthy",
+                ),
+                Device(
+                    host="h1",
+                    address="0000:5e:00.0",
+                    kind="gpu",
+                    model="A100",
+                    health="healthy",
+                    mdev_types=[
+                        {
+                            "name": "nvidia-471",
+                            "display_name": "4C",
+                            "available": 8,
+                            "max_instances": 10,
+                        }
+                    ],
+                ),
+                Device(
+                    host="h1",
+                    address="0000:86:00.0",
+                    kind="gpu",
+                    model="H100-80GB",
+                    health="tainted",
+                    mig=MIG,
+                ),
+                Device(
+                    host="h1",
+                    address="0000:af:00.1",
+                    kind="fpga",
+                    model="ALVEO-U250",
+                    sriov={"is_pf": False, "pf": "0000:af:00.0"},
+                ),
+            ],
+        )
         repo.upsert_devices(s, "h2", [Device(host="h2", address="0000:01:00.0", kind="gpu")])
         repo.upsert_devices(s, "h2", [])  # it vanished: not in the snapshot
-        a = repo.add_vm(s, VM(name="a", host="h1", vcpus=4, memory_mib=8192, disk_gib=20,
-                              state="running", ha=True, ha_priority=5))
-        b = repo.add_vm(s, VM(name="b", host="h1", vcpus=2, memory_mib=2048, disk_gib=10,
-                              state="stopped"))
+        a = repo.add_vm(
+            s,
+            VM(
+                name="a",
+                host="h1",
+                vcpus=4,
+                memory_mib=8192,
+                disk_gib=20,
+                state="running",
+                ha=True,
+                ha_priority=5,
+            ),
+        )
+        b = repo.add_vm(
+            s, VM(name="b", host="h1", vcpus=2, memory_mib=2048, disk_gib=10, state="stopped")
+        )
         c = repo.add_vm(s, VM(name="c", host="h1", vcpus=1, memory_mib=1024, state="error"))
         d = repo.add_vm(s, VM(name="d", host="h2", vcpus=1, memory_mib=512, state="paused"))
         e = repo.add_vm(s, VM(name="e", vcpus=16, memory_mib=65536, state="pending"))
         repo.claim_device(s, a.id, ClaimRequest("h1/0000:3b:00.0"))
-        repo.claim_device(s, b.id, ClaimRequest("h1/0000:5e:00.0", kind="mdev",
-                                                mdev_type="nvidia-471"))
-        repo.claim_device(s, c.id, ClaimRequest("h1/0000:5e:00.0", kind="mdev",
-                                                mdev_type="nvidia-471"))
+        repo.claim_device(
+            s, b.id, ClaimRequest("h1/0000:5e:00.0", kind="mdev", mdev_type="nvidia-471")
+        )
+        repo.claim_device(
+            s, c.id, ClaimRequest("h1/0000:5e:00.0", kind="mdev", mdev_type="nvidia-471")
+        )
         repo.add_group(s, PlacementGroup(name="db", policy="anti-affinity"))
         repo.add_group(s, PlacementGroup(name="empty", policy="affinity", hard=False))
         repo.set_vm_groups(s, a.id, ["db"])
         repo.set_vm_groups(s, d.id, ["db"])
-        repo.append_device_samples(s, [
-            DeviceSample(device_id="h1/0000:3b:00.0", time=T0, gpu_util=10.0),
-            DeviceSample(device_id="h1/0000:3b:00.0", time=T0 + timedelta(1), gpu_util=85.0),
-            DeviceSample(device_id="h1/0000:5e:00.0", time=T0, gpu_util=None),
-        ])
-        repo.append_host_samples(s, [
-            HostSample(host="h1", time=T0, cpu_util=0.9),
-            HostSample(host="h1", time=T0 + timedelta(1), cpu_util=0.25),
-        ])
+        repo.append_device_samples(
+            s,
+            [
+                DeviceSample(device_id="h1/0000:3b:00.0", time=T0, gpu_util=10.0),
+                DeviceSample(device_id="h1/0000:3b:00.0", time=T0 + timedelta(1), gpu_util=85.0),
+                DeviceSample(device_id="h1/0000:5e:00.0", time=T0, gpu_util=None),
+            ],
+        )
+        repo.append_host_samples(
+            s,
+            [
+                HostSample(host="h1", time=T0, cpu_util=0.9),
+                HostSample(host="h1", time=T0 + timedelta(1), cpu_util=0.25),
+            ],
+        )
     with store.session() as s:  # the store does not judge health; the scheduler does
-        repo.claim_device(s, d.id, ClaimRequest("h1/0000:86:00.0", kind="mig",
-                                                mig_profile="3g.40gb"))
-        repo.claim_device(s, e.id, ClaimRequest("h1/0000:86:00.0", kind="mig",
-                                                mig_profile="1g.10gb"))
+        repo.claim_device(
+            s, d.id, ClaimRequest("h1/0000:86:00.0", kind="mig", mig_profile="3g.40gb")
+        )
+        repo.claim_device(
+            s, e.id, ClaimRequest("h1/0000:86:00.0", kind="mig", mig_profile="1g.10gb")
+        )
 
     with store.read_session() as s:
         snap = build_snapshot(s)
@@ -104,7 +176,11 @@ def test_snapshot_sums_usage_devices_groups(store: Store) -> None:
     whole = devs["0000:3b:00.0"]
     assert whole.claimed_by == a.id and whole.kind == DeviceKind.GPU
     assert (whole.vendor_id, whole.product_id, whole.numa_node, whole.iommu_group) == (
-        0x10DE, 0x2330, 0, 12)
+        0x10DE,
+        0x2330,
+        0,
+        12,
+    )
     assert whole.utilization == 0.85
     vgpu = devs["0000:5e:00.0"]
     assert (vgpu.claimed_by, vgpu.active_mdev_type, vgpu.mdev_claims) == (None, "nvidia-471", 2)

@@ -40,7 +40,7 @@ from vmmgr.snapshot import (
 class DeviceRequest:
     gpus: tuple[GpuRequest, ...] = ()
     fpga_model: str | None = None
-    fpga_count: int = 0
+    fpga_count: int = 1
     fpga_allow_vf: bool = False
     vgpu_type: str | None = None
     vgpu_count: int = 1
@@ -145,6 +145,8 @@ class _Host:
             return f"{d.address} is already taken by this request"
         if d.mdev_claims or self.vgpu_taken[d.id]:
             return f"{d.address} hosts vGPU instances in use"
+        if d.active_mdev_type is not None:
+            return f"{d.address} hosts mediated devices of type {d.active_mdev_type}"
         if d.mig is not None and (d.mig.claimed or d.id in self.mig_taken):
             return f"{d.address} hosts MIG instances in use"
         if d.health is DeviceHealth.TAINTED:
@@ -310,6 +312,8 @@ def _take_address(h: _Host, address: str, whole_group: bool, wanted: set[str]) -
         raise InvalidArgument("addresses", f"no device {addr} on host {h.host.name}")
     group = h.group_of(d)
     for x in group:
+        if x.address in wanted and x.id in h.taken:
+            continue  # an earlier address of this same request took its own group
         reason = h.busy_reason(x)
         if reason:
             if x is not d:
@@ -438,13 +442,20 @@ def choose_devices(
         raise InvalidArgument("vgpu_count", "must be at least 1")
     if request.mig_profile and request.mig_count < 1:
         raise InvalidArgument("mig_count", "must be at least 1")
-    errors: list[Exception] = []
-    for numa in _numa_choices(_Host(host), request):
+    choices = _numa_choices(_Host(host), request)
+    errors: list[tuple[int | None, ResourceExhausted | FailedPrecondition]] = []
+    for numa in choices:
         try:
             return _choose(host, request, vm_id, whole_group, numa)
         except (ResourceExhausted, FailedPrecondition) as exc:
-            errors.append(exc)
-    raise errors[0]
+            errors.append((numa, exc))
+    if len(errors) == 1:
+        raise errors[0][1]
+    detail = "; ".join(f"node {n}: {e}" for n, e in errors)
+    raise ResourceExhausted(
+        f"no single NUMA node of host {host.name} holds all requested devices ({detail})",
+        field=errors[0][1].field,
+    )
 
 
 def _choose(

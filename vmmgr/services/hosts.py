@@ -153,6 +153,7 @@ class HostService:
         try:
             conn = self.conns.get(name)
             info = conn.host_info()
+            self._ensure_pools(conn)  # a fresh libvirtd (or test driver) may lack them
         except VmmgrError as exc:
             log.warning("host %s: cannot read facts: %s", name, exc)
             return

@@ -19,6 +19,7 @@ from vmmgr.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    NoHostFits,
     NotFound,
     VmmgrError,
 )
@@ -169,8 +170,12 @@ class VMService:
                         f"vm {req.name!r} already exists in project {req.project!r}",
                         field="spec.name")
                 snap = build_snapshot(s)
-            placement = self.scheduler.place(snap, self.placement_request(req, vm_id)).require()
-            assert placement.host is not None
+            placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
+            if placement.host is None:
+                exp = placement.explanation
+                raise NoHostFits(
+                    f"no host fits vm {req.name!r}: 0 of {exp.hosts_total} hosts passed",
+                    {name: n for name, n in exp.rejections().items() if n})
             with self.store.session() as s:
                 vm_repo.add_vm(s, VM(
                     id=vm_id, name=req.name, project=req.project, owner=owner,

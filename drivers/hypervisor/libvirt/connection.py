@@ -25,6 +25,7 @@ from drivers.hypervisor.libvirt import storage
 from drivers.hypervisor.libvirt.config import LibvirtConfig
 from drivers.hypervisor.libvirt.dispatch import Dispatcher
 from drivers.hypervisor.libvirt.errors import error_code, is_connection_error, map_libvirt_error
+from drivers.hypervisor.libvirt.events import event_loop_barrier
 from drivers.hypervisor.libvirt.states import CLOSE_REASONS, event_names, flatten_state
 from drivers.hypervisor.libvirt.xml.builder import domain_xml_from_spec
 from drivers.hypervisor.libvirt.xml.capabilities import HostCapabilities, cells_from_node_info
@@ -129,8 +130,10 @@ class LibvirtConnection:
         return self._virconn()
 
     def drain_events(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every event received so far reached the listeners (tests, shutdown)."""
-        return self._dispatcher.drain(timeout_s)
+        """Wait until the events libvirt has queued in this process so far reached the
+        listeners (tests, orderly shutdown). Events still in flight from a remote daemon are
+        not waited for. False on timeout."""
+        return event_loop_barrier(timeout_s) and self._dispatcher.drain(timeout_s)
 
     def _open(self) -> None:
         """Open and wire callbacks; caller holds the lock."""
@@ -224,14 +227,19 @@ class LibvirtConnection:
     # ------------------------------------------------------------------ libvirt callbacks
 
     def _on_libvirt_close(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
-        """libvirt's close callback (event loop thread): mark dead, tell listeners later."""
+        """libvirt's close callback (event loop thread): mark dead, tell listeners later.
+
+        Deliberately lock-free: libvirt holds its close-callback lock while calling this, and
+        ``_discard`` (under our lock) unregisters the callback, which needs that lock; taking
+        our lock here could deadlock. Single attribute stores are atomic under the GIL.
+        """
         name = CLOSE_REASONS.get(reason, str(reason))
-        with self._lock:
-            if conn is not self._conn and self._conn is not None:
-                return  # a connection we already replaced
-            self._alive = False
-            self._last_error = f"connection closed ({name})"
-            listeners = list(self._close_listeners)
+        current = self._conn
+        if current is not None and conn is not current:
+            return  # a connection we already replaced
+        self._alive = False
+        self._last_error = f"connection closed ({name})"
+        listeners = list(self._close_listeners)
         log.warning("libvirt connection %s closed: %s", self.uri, name)
         for listener in listeners:
             self._dispatcher.submit(functools.partial(listener, name))

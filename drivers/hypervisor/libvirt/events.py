@@ -46,3 +46,23 @@ def start_event_loop() -> None:
 def event_loop_running() -> bool:
     with _lock:
         return _thread is not None and _thread.is_alive()
+
+
+def event_loop_barrier(timeout_s: float = 5.0) -> bool:
+    """Wait until the event loop has run one more round of due timers.
+
+    Locally queued libvirt events (the test driver's, or ones already read off a remote
+    socket) are dispatched from a zero-delay timer registered when their connection opened;
+    timers run in registration order, so once this later timer fired those events have reached
+    our callbacks. False if the loop did not get there within ``timeout_s``.
+    """
+    if not event_loop_running():
+        return False
+    done = threading.Event()
+
+    def fire(timer: int, _opaque: object) -> None:
+        libvirt.virEventRemoveTimeout(timer)
+        done.set()
+
+    libvirt.virEventAddTimeout(0, fire, None)
+    return done.wait(timeout_s)

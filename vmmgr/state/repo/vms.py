@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, update
+from sqlalchemy import delete, func, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -93,7 +93,8 @@ def list_vms(
     page_size: int = 0,
     page_token: str = "",
 ) -> Page[VM]:
-    """VMs ordered by (name, id); keyset pagination, so pages stay cheap however deep.
+    """VMs ordered by (name, id) in the database's collation; keyset pagination, so pages stay
+    cheap however deep (no OFFSET).
 
     ``labels`` matches VMs carrying every given key=value. ``page_size`` 0 means the default
     (100); the maximum is 1000.
@@ -112,7 +113,9 @@ def list_vms(
         )
     if page_token:
         name, vm_id = decode_token(page_token, 2)
-        q = q.where(or_(col(VM.name) > name, and_(col(VM.name) == name, col(VM.id) > vm_id)))
+        # a row-value comparison: Postgres turns it into an index range (an OR of the two
+        # conditions would be a filter over every earlier row); SQLite >= 3.15 does too
+        q = q.where(tuple_(col(VM.name), col(VM.id)) > tuple_(name, vm_id))
     q = q.order_by(col(VM.name), col(VM.id)).limit(size + 1)
     rows = list(session.exec(q))
     if len(rows) > size:

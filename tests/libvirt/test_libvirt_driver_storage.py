@@ -1,0 +1,219 @@
+"""Storage through the libvirt test driver (pools and volumes are in-memory there; it cannot
+upload, so import/seed uploads are covered in tests/real), plus the local image/seed helpers."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtConnection, LibvirtHypervisor, test_uri
+from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
+from drivers.hypervisor.libvirt.seed import SEED_LABEL, build_seed_iso, iso_volume_label
+from drivers.hypervisor.libvirt.xml import StoragePool, StorageVolume
+from drivers.hypervisor.libvirt.xml.base import to_string
+from drivers.hypervisor.libvirt.xml.testnode import TestDriverNode
+from vmmgr.errors import (
+    AlreadyExists,
+    DriverError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from vmmgr.ports import VolumeInfo
+
+pytestmark = pytest.mark.libvirt
+
+GIB = 1 << 30
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[LibvirtConnection]:
+    node = TestDriverNode(pools=(StoragePool(name="vmmgr", target_path=str(tmp_path / "pool")),))
+    path = node.write(str(tmp_path / "node.xml"))
+    c = LibvirtHypervisor(LibvirtConfig()).connect(test_uri(path), host_name="h1")
+    yield c
+    c.close()
+
+
+def base_volume(conn: LibvirtConnection, name: str = "base.qcow2") -> VolumeInfo:
+    """A volume standing in for an imported image (the test driver cannot upload)."""
+    pool = conn.virconn.storagePoolLookupByName("vmmgr")
+    xml = StorageVolume(name=name, capacity_bytes=2 * GIB, format="qcow2").build()
+    pool.createXML(to_string(xml), 0)
+    got = conn.get_volume("vmmgr", name)
+    assert got is not None
+    return got
+
+
+def test_ensure_pool_defines_builds_starts_and_autostarts(
+    conn: LibvirtConnection, tmp_path: Path
+) -> None:
+    conn.ensure_pool("images", str(tmp_path / "images"))
+    pool = conn.virconn.storagePoolLookupByName("images")
+    assert pool.isActive() and pool.autostart()
+    assert StoragePool.parse_xml(pool.XMLDesc(0)).target_path == str(tmp_path / "images")
+    conn.ensure_pool("images", str(tmp_path / "images") + "/")  # idempotent, path normalized
+    assert len(conn.virconn.listAllStoragePools(0)) == 2
+
+
+def test_ensure_pool_starts_an_inactive_pool(conn: LibvirtConnection, tmp_path: Path) -> None:
+    conn.virconn.storagePoolLookupByName("vmmgr").destroy()
+    conn.ensure_pool("vmmgr", str(tmp_path / "pool"))
+    assert conn.virconn.storagePoolLookupByName("vmmgr").isActive()
+
+
+def test_ensure_pool_refuses_another_path(conn: LibvirtConnection, tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match="exists at"):
+        conn.ensure_pool("vmmgr", str(tmp_path / "elsewhere"))
+    with pytest.raises(InvalidArgument) as e:
+        conn.ensure_pool("new", "relative/dir")
+    assert e.value.field == "path"
+
+
+def test_overlay_is_qcow2_backed_by_the_base(conn: LibvirtConnection) -> None:
+    base = base_volume(conn)
+    small = conn.create_overlay("vmmgr", "vm1.qcow2", base, capacity_bytes=1 * GIB)
+    assert small.capacity_bytes == 2 * GIB  # never smaller than the base
+    big = conn.create_overlay("vmmgr", "vm2.qcow2", base, capacity_bytes=10 * GIB)
+    assert (big.capacity_bytes, big.format) == (10 * GIB, "qcow2")
+    vol = conn.virconn.storagePoolLookupByName("vmmgr").storageVolLookupByName("vm2.qcow2")
+    backing = StorageVolume.parse_xml(vol.XMLDesc(0)).backing_store
+    assert backing is not None and (backing.path, backing.format) == (base.path, "qcow2")
+    with pytest.raises(AlreadyExists):
+        conn.create_overlay("vmmgr", "vm2.qcow2", base, capacity_bytes=GIB)
+
+
+def test_volume_get_list_delete(conn: LibvirtConnection) -> None:
+    base = base_volume(conn)
+    conn.create_overlay("vmmgr", "vm1.qcow2", base, capacity_bytes=GIB)
+    assert [v.name for v in conn.list_volumes("vmmgr")] == ["base.qcow2", "vm1.qcow2"]
+    got = conn.get_volume("vmmgr", "vm1.qcow2")
+    assert got is not None and got.pool == "vmmgr" and got.path.endswith("/vm1.qcow2")
+    conn.delete_volume("vmmgr", "vm1.qcow2")
+    assert conn.get_volume("vmmgr", "vm1.qcow2") is None
+    conn.delete_volume("vmmgr", "vm1.qcow2")  # already gone: fine (undo paths)
+    assert [v.name for v in conn.list_volumes("vmmgr")] == ["base.qcow2"]
+
+
+def test_missing_pool_is_not_found(conn: LibvirtConnection) -> None:
+    with pytest.raises(NotFound):
+        conn.list_volumes("nope")
+    with pytest.raises(NotFound):
+        conn.get_volume("nope", "x")
+    with pytest.raises(NotFound):
+        conn.delete_volume("nope", "x")
+
+
+def test_bad_volume_names_are_invalid(conn: LibvirtConnection) -> None:
+    base = base_volume(conn)
+    for name in ("", "../escape", "a/b"):
+        with pytest.raises(InvalidArgument) as e:
+            conn.create_overlay("vmmgr", name, base, GIB)
+        assert e.value.field == "name"
+
+
+def test_import_fails_cleanly_where_upload_is_unsupported(
+    conn: LibvirtConnection, tmp_path: Path
+) -> None:
+    src = tmp_path / "img.raw"
+    src.write_bytes(b"\0" * 4096)
+    with pytest.raises(DriverError, match="virStorageVolUpload"):
+        conn.import_volume("vmmgr", "img.raw", str(src))
+    assert conn.get_volume("vmmgr", "img.raw") is None  # the half-made volume was removed
+    with pytest.raises(DriverError):
+        conn.create_seed("vmmgr", "seed.iso", "instance-id: a\n", "#cloud-config\n", "")
+    assert conn.list_volumes("vmmgr") == []
+
+
+def test_import_validates_its_input(conn: LibvirtConnection, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        conn.import_volume("vmmgr", "x.qcow2", str(tmp_path / "missing.qcow2"))
+    assert e.value.field == "source_path"
+    base_volume(conn, "taken.qcow2")
+    src = tmp_path / "x.raw"
+    src.write_bytes(b"x")
+    with pytest.raises(AlreadyExists):
+        conn.import_volume("vmmgr", "taken.qcow2", str(src))
+
+
+# ---------------------------------------------------------------------- local helpers
+
+
+def qcow2_header(virtual: int) -> bytes:
+    """The first 32 bytes of a qcow2 v3 header: magic, version, backing offset/size, cluster
+    bits, size."""
+    return b"QFI\xfb" + struct.pack(">IQIIQ", 3, 0, 0, 16, virtual)
+
+
+def test_image_format_and_virtual_size(tmp_path: Path) -> None:
+    q = tmp_path / "a.qcow2"
+    q.write_bytes(qcow2_header(5 * GIB) + b"\0" * 100)
+    r = tmp_path / "a.raw"
+    r.write_bytes(b"\1" * 3000)
+    assert (detect_image_format(str(q)), virtual_size(str(q))) == ("qcow2", 5 * GIB)
+    assert (detect_image_format(str(r)), virtual_size(str(r))) == ("raw", 3000)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
+def test_image_facts_agree_with_qemu_img(tmp_path: Path) -> None:
+    q = tmp_path / "real.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(q), "3G"], check=True)
+    assert (detect_image_format(str(q)), virtual_size(str(q))) == ("qcow2", 3 * GIB)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("genisoimage") or shutil.which("xorriso")), reason="no ISO tool"
+)
+def test_seed_iso_is_labelled_cidata_and_holds_the_files(tmp_path: Path) -> None:
+    iso = build_seed_iso(str(tmp_path), "instance-id: i-1\n", "#cloud-config\n", "version: 2\n")
+    assert iso_volume_label(iso) == SEED_LABEL == "cidata"
+    data = Path(iso).read_bytes()
+    for content in (b"instance-id: i-1", b"#cloud-config", b"version: 2"):
+        assert content in data
+    if shutil.which("isoinfo"):
+        listing = subprocess.run(
+            ["isoinfo", "-R", "-f", "-i", iso], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert sorted(listing) == ["/meta-data", "/network-config", "/user-data"]
+
+
+@pytest.mark.skipif(shutil.which("isoinfo") is None, reason="isoinfo not installed")
+def test_seed_without_network_config_omits_the_file(tmp_path: Path) -> None:
+    iso = build_seed_iso(str(tmp_path), "instance-id: i-1\n", "#cloud-config\n")
+    listing = subprocess.run(
+        ["isoinfo", "-R", "-f", "-i", iso], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(listing) == ["/meta-data", "/user-data"]
+
+
+def test_seed_without_an_iso_tool_is_a_failed_precondition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(FailedPrecondition, match="genisoimage"):
+        build_seed_iso(str(tmp_path), "a", "b")
+
+
+def test_seed_tool_failure_is_a_driver_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "genisoimage"
+    tool.write_text("#!/bin/sh\necho 'disk full' >&2\nexit 3\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(DriverError, match="disk full"):
+        build_seed_iso(str(tmp_path), "a", "b")
+
+
+def test_iso_label_rejects_non_iso(tmp_path: Path) -> None:
+    f = tmp_path / "x"
+    f.write_bytes(b"\0" * 40000)
+    with pytest.raises(ValueError):
+        iso_volume_label(str(f))
