@@ -23,10 +23,8 @@ TEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 MYPY_DIRS := vmmgr drivers policies
 
-export VMMGR_LISTEN := $(LISTEN)
-export VMMGR_STATE_DIR := $(STATE_DIR)
-export VMMGR_LOG_DIR := $(LOG_DIR)
-export VMMGR_PIDFILE := $(PIDFILE)
+# (not exported as VMMGR_*: vmmgrd reads VMMGR_<SETTING> from its environment)
+RUN_ENV := RUN_LISTEN=$(LISTEN) RUN_STATE_DIR=$(STATE_DIR) RUN_LOG_DIR=$(LOG_DIR) RUN_PIDFILE=$(PIDFILE)
 
 .PHONY: help deps image smoke libvirtd pg pg-down run stop status test pytest lint ruff mypy \
         proto proto-check bench lab clean distclean
@@ -53,10 +51,10 @@ pg-down:
 	scripts/pg-test-down.sh
 
 run: deps libvirtd image
-	scripts/vmmgrd-up.sh
+	$(RUN_ENV) scripts/vmmgrd-up.sh
 
 stop:
-	scripts/vmmgrd-down.sh
+	$(RUN_ENV) scripts/vmmgrd-down.sh
 
 status:
 	@if [ -s $(PIDFILE) ] && kill -0 $$(cat $(PIDFILE)) 2>/dev/null; then \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stop the vmmgrd that scripts/vmmgrd-up.sh started (SIGTERM, then SIGKILL after 15 s).
 set -euo pipefail
-PIDFILE="${VMMGR_PIDFILE:-/run/vmmgr/vmmgrd.pid}"
+PIDFILE="${RUN_PIDFILE:-/run/vmmgr/vmmgrd.pid}"
 if ! [ -s "$PIDFILE" ] || ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
   echo "[vmmgrd-down] vmmgrd not running" >&2
   rm -f "$PIDFILE"

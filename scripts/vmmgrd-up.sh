@@ -4,15 +4,15 @@
 #       --register-host local=qemu:///system --import-image tiny=<repo>/images/build/tiny.qcow2
 # under scripts/subreaper.py, log /var/log/vmmgr/vmmgrd.log, pid file /run/vmmgr/vmmgrd.pid,
 # then waits until `vmmgr --endpoint ... host list` answers and prints the host list.
-# Environment: VMMGR_LISTEN, VMMGR_STATE_DIR, VMMGR_LOG_DIR, VMMGR_PIDFILE, VMMGR_WAIT (s).
+# Environment: RUN_LISTEN, RUN_STATE_DIR, RUN_LOG_DIR, RUN_PIDFILE, RUN_WAIT (s).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-LISTEN="${VMMGR_LISTEN:-127.0.0.1:50051}"
-STATE="${VMMGR_STATE_DIR:-/var/lib/vmmgr}"
-LOGDIR="${VMMGR_LOG_DIR:-/var/log/vmmgr}"
-PIDFILE="${VMMGR_PIDFILE:-/run/vmmgr/vmmgrd.pid}"
-WAIT="${VMMGR_WAIT:-60}"
+LISTEN="${RUN_LISTEN:-127.0.0.1:50051}"
+STATE="${RUN_STATE_DIR:-/var/lib/vmmgr}"
+LOGDIR="${RUN_LOG_DIR:-/var/log/vmmgr}"
+PIDFILE="${RUN_PIDFILE:-/run/vmmgr/vmmgrd.pid}"
+WAIT="${RUN_WAIT:-60}"
 IMAGE="$ROOT/images/build/tiny.qcow2"
 log() { printf '[vmmgrd-up] %s\n' "$*" >&2; }
 

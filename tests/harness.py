@@ -108,8 +108,12 @@ def running_daemon(config: Config) -> Iterator[Daemon]:
         core.stop()
 
 
-def remove_pools(uri: str, config: Config) -> None:
-    """Destroy and undefine the pools a test daemon created on a real libvirtd, and their dirs."""
+def remove_pools(uri: str, config: Config, *domains: str) -> None:
+    """Remove what a test daemon left on a real libvirtd: the named domains (if a test failed
+    before deleting them), the pools it created, and their directories."""
+    for dom in domains:
+        for cmd in ("destroy", "undefine"):
+            subprocess.run(["virsh", "-c", uri, cmd, dom], capture_output=True, check=False)
     for name in (config.vm_pool, config.image_pool):
         for cmd in ("pool-destroy", "pool-undefine"):
             subprocess.run(["virsh", "-c", uri, cmd, name], capture_output=True, check=False)

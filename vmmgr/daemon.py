@@ -89,8 +89,8 @@ class Core:
 
     def start(self) -> None:
         """Recover from a previous run, connect hosts, reconcile, start periodic jobs."""
-        self.vms.recover_interrupted(self.ops.interrupted())
         self.hosts.load()
+        self.vms.recover_interrupted(self.ops.interrupted())
         self.resync()
         self.jobs.add_job(self.resync, "interval", seconds=self.config.resync_interval_s,
                           id="resync", max_instances=1, coalesce=True)

@@ -8,6 +8,7 @@ spec (JSON), then:
                         as a request would; bound: the same keyset page as raw SQL
                         ``SELECT * FROM vm WHERE (name,id) > (..) ORDER BY name, id LIMIT n``
                         through the same engine (no ORM objects, JSON left as the driver gives)
+  list/100/nospec       list/100 with include_spec=False (the create spec JSON not decoded)
   list/label/100        filter by one label (10% of VMs), bound: raw SQL with the same join
   snapshot              build_snapshot (hosts, VMs, claims, groups) vs a raw
                         ``SELECT id,name,host,vcpus,memory_mib,disk_gib,state,ha,ha_priority``
@@ -120,14 +121,18 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-def walk_repo(store: Store, size: int, labels: dict[str, str] | None) -> list[float]:
+def walk_repo(
+    store: Store, size: int, labels: dict[str, str] | None, include_spec: bool = True
+) -> list[float]:
     """One full walk over the pages; one read session per call, as one RPC would use."""
     out: list[float] = []
     token = ""
     while True:
         t = time.perf_counter_ns()
         with store.read_session() as s:
-            page = repo.list_vms(s, page_size=size, page_token=token, labels=labels)
+            page = repo.list_vms(
+                s, page_size=size, page_token=token, labels=labels, include_spec=include_spec
+            )
         out.append((time.perf_counter_ns() - t) / 1e6)
         assert page.items
         token = page.next_page_token
@@ -236,6 +241,11 @@ def main() -> int:
                     xs += walk_repo(store, size, None)
                     bound += walk_raw(store, size, None)
                 print(row(kind, f"list/{size}", xs, bound), flush=True)
+            xs, bound = [], []
+            for _ in range(args.rounds):
+                xs += walk_repo(store, 100, None, include_spec=False)
+                bound += walk_raw(store, 100, None)
+            print(row(kind, "list/100/nospec", xs, bound), flush=True)
             xs, bound = [], []
             for _ in range(args.rounds):
                 xs += walk_repo(store, 100, {"app": "app3"})

@@ -39,7 +39,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             assert d.wait(op).state == operation_pb2.OPERATION_STATE_SUCCEEDED
             yield d
     finally:
-        remove_pools(URI, cfg)
+        remove_pools(URI, cfg, "real-life")
 
 
 def create(d: Daemon, name: str, **kw: object) -> operation_pb2.Operation:

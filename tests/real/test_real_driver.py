@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
 from drivers.hypervisor.libvirt.seed import iso_volume_label
 from drivers.hypervisor.libvirt.xml import Domain, Memory, Vcpu, domain_xml_from_spec
 from drivers.hypervisor.libvirt.xml.base import to_string
-from vmmgr.errors import FailedPrecondition
+from vmmgr.errors import DriverError, FailedPrecondition
 from vmmgr.ports import (
     DirectBootSpec,
     DiskSpec,
@@ -185,11 +186,25 @@ def test_tcg_domain_on_overlay_and_seed_runs_and_is_cleaned_up(
     assert conn.list_volumes(pool.name) == []
     assert sorted(os.listdir(pool.path)) == []
 
+    def mine_so_far() -> list[tuple[str, str]]:
+        return [(e.reason, e.detail) for e in events if e.uuid == spec.vm_id]
+
+    deadline = time.monotonic() + 10  # events come over the socket, asynchronously
+    while ("undefined", "removed") not in mine_so_far() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert conn.drain_events()
-    mine = [(e.reason, e.detail) for e in events if e.uuid == spec.vm_id]
+    mine = mine_so_far()
     assert ("started", "booted") in mine
     assert mine[-1] == ("undefined", "removed")
     assert ("stopped", "shutdown") in mine or ("stopped", "destroyed") in mine
+
+
+def test_failed_upload_removes_the_half_made_volume(conn: LibvirtConnection, pool: Pool) -> None:
+    """/proc/self/mem is a regular file whose first read fails (EIO at address 0)."""
+    with pytest.raises(DriverError, match="Input/output error"):
+        conn.import_volume(pool.name, "broken.raw", "/proc/self/mem")
+    assert conn.list_volumes(pool.name) == []
+    assert os.listdir(pool.path) == []
 
 
 def _forms(host_has_numa: bool) -> dict[str, DomainSpec]:

@@ -377,3 +377,44 @@ def test_numpy_is_not_leaking_into_results() -> None:
     assert all(type(v) is float for r in p.ranked for _, v in r.weights)
     assert all(type(f.rejected) is int for f in p.explanation.filters)
     assert not isinstance(p.explanation.hosts_passed, np.integer)
+
+
+def _perturb(snap: ClusterSnapshot, seed: int) -> ClusterSnapshot:
+    """Taint, claim and group some devices of a synthetic cluster; take some hosts down."""
+    import dataclasses
+    import random
+
+    rnd = random.Random(seed)
+    hosts = []
+    for h in snap.hosts:
+        devs = []
+        for d in h.devices:
+            r = rnd.random()
+            if r < 0.05:
+                d = dataclasses.replace(d, health=DeviceHealth.TAINTED)
+            elif r < 0.10 and d.mig is None and not d.mdev_types:
+                d = dataclasses.replace(d, claimed_by="old")
+            elif r < 0.15:
+                d = dataclasses.replace(d, iommu_group=0)  # share a group with other devices
+            elif r < 0.25 and d.mig is not None:
+                d = dataclasses.replace(d, mig=dataclasses.replace(d.mig, instances=("3g.40gb",)))
+            devs.append(d)
+        state = HostState.DOWN if rnd.random() < 0.05 else h.state
+        hosts.append(dataclasses.replace(h, devices=tuple(devs), state=state))
+    return dataclasses.replace(snap, hosts=tuple(hosts))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 40), st.integers(0, 10**6), CONFIGS)
+def test_synthetic_batches_keep_every_invariant(
+    n_hosts: int, seed: int, cfg: SchedulerConfig
+) -> None:
+    """Realistic device-heavy clusters and mixed streams (many device placements per run)."""
+    from vmmgr.scheduler.synthetic import ClusterMix, cluster, requests
+
+    mix = ClusterMix(whole_gpu=0.3, mig=0.25, vgpu=0.25, fpga=0.1, fill=0.2)
+    snap = _perturb(cluster(n_hosts, seed=seed, mix=mix), seed)
+    reqs = requests(n_hosts * 6, seed=seed + 1)
+    ps = Scheduler(cfg).place_batch(snap, reqs)
+    _check_batch(snap, reqs, cfg, ps)
+    assert any(p.devices for p in ps) or not any(r.needs_accelerator for r in reqs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy.exc import InvalidRequestError
 from state_fixtures import *  # noqa: F403  (the store fixtures)
 
 from vmmgr.errors import (
@@ -249,6 +250,18 @@ def test_list_vms_keyset_pagination_visits_every_vm_once(store: Store) -> None:
     assert pages == 4 and len(seen) == 25 and len(set(seen)) == 25
     # ordered by name (ids only break ties, in the database's collation)
     assert [n for n, _ in seen] == sorted(n for n, _ in seen)
+
+
+def test_list_vms_without_spec(store: Store) -> None:
+    with store.session() as s:
+        repo.add_vm(s, _vm("a", spec={"big": "x" * 1000}, labels={"k": "v"}))
+    with store.read_session() as s:
+        (vm,) = repo.list_vms(s, include_spec=False).items
+        assert vm.name == "a" and vm.labels == {"k": "v"}
+        with pytest.raises(InvalidRequestError):
+            _ = vm.spec
+        (full,) = repo.list_vms(s).items
+    assert full.spec == {"big": "x" * 1000}
 
 
 def test_list_vms_page_size_and_bad_token(store: Store) -> None:

@@ -91,7 +91,7 @@ class Operations:
         self.events.publish(f"operation.{state.value}", op_id,
                             f"{op.kind} {op.target}: {op.message}",
                             severity="info" if state is OperationState.SUCCEEDED else "warning",
-                            kind=op.kind, target=op.target)
+                            op_kind=op.kind, target=op.target)
 
     def _progress(self, op_id: str, percent: float, message: str) -> None:
         with self.store.session() as s:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from drivers.hypervisor.libvirt.config import LibvirtConfig
 from drivers.hypervisor.libvirt.connection import LibvirtConnection
 from drivers.hypervisor.libvirt.events import start_event_loop
+from vmmgr.ports import HostConnection, Hypervisor
 
 
 def test_uri(node_xml_path: str) -> str:
@@ -37,3 +39,10 @@ class LibvirtHypervisor:
             conn.close()
             raise
         return conn
+
+
+if TYPE_CHECKING:  # mypy proves the driver satisfies the ports it implements
+    _hypervisor: Hypervisor = LibvirtHypervisor()
+    _connection: HostConnection = LibvirtConnection(
+        "test:///default", host_name="", config=LibvirtConfig()
+    )

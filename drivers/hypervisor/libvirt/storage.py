@@ -17,7 +17,13 @@ from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
 from drivers.hypervisor.libvirt.seed import build_seed_iso
 from drivers.hypervisor.libvirt.xml.base import to_string
 from drivers.hypervisor.libvirt.xml.storage import BackingStore, StoragePool, StorageVolume
-from vmmgr.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from vmmgr.errors import (
+    AlreadyExists,
+    DriverError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from vmmgr.ports import VolumeInfo
 
 _CHUNK = 1 << 20
@@ -111,6 +117,10 @@ def _upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: str, siz
         with open(path, "rb") as f:
             stream.sendAll(lambda _s, n, _o: f.read(min(n, _CHUNK)), None)
         stream.finish()
+    except OSError as e:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        raise DriverError(f"reading {path} for upload failed: {e}") from e
     except BaseException:
         with contextlib.suppress(libvirt.libvirtError):
             stream.abort()

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, tuple_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from vmmgr.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -92,15 +93,19 @@ def list_vms(
     labels: Mapping[str, str] | None = None,
     page_size: int = 0,
     page_token: str = "",
+    include_spec: bool = True,
 ) -> Page[VM]:
     """VMs ordered by (name, id) in the database's collation; keyset pagination, so pages stay
     cheap however deep (no OFFSET).
 
     ``labels`` matches VMs carrying every given key=value. ``page_size`` 0 means the default
-    (100); the maximum is 1000.
+    (100); the maximum is 1000. ``include_spec=False`` skips loading (and JSON-decoding) the
+    create spec, the bulk of a row; touching ``vm.spec`` on such a VM then raises.
     """
     size = _clamp_page_size(page_size)
     q = select(VM)
+    if not include_spec:
+        q = q.options(defer(VM.spec, raiseload=True))  # type: ignore[arg-type]
     if project is not None:
         q = q.where(VM.project == project)
     if host is not None:
