@@ -122,6 +122,7 @@ class _Search:
         self.cost: dict[str, float] = {vm.id: move_cost(model, vm, cfg.weights) for vm in eligible}
         self.score = score_matrix(self.u, self.active, cfg.weights)
         self.snap_cache: ClusterSnapshot | None = None  # model as a snapshot, for custom fits
+        self.remove_again = True
 
     # -- statistics -------------------------------------------------------------------------
     def _stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -235,7 +236,10 @@ class _Search:
             self._fill(self.u, i)
             self.used_vcpus[i] = m.hosts[i].used_vcpus
             self.used_mem[i] = m.hosts[i].used_memory_mib
-        self.by_host[s].remove(vm.id)
+        if vm.id in self.by_host.get(s, ()):
+            self.by_host[s].remove(vm.id)
+            if self.remove_again:
+                self.by_host.setdefault(d, []).append(vm.id)
         self.snap_cache = None
         self.score = score_matrix(self.u, self.active, self.cfg.weights)
 
@@ -338,6 +342,38 @@ def _greedy(search: _Search, cfg: BalanceConfig, fits: FitsFn | None) -> list[Mo
         banned.clear()
         k = max(1, cfg.sources)
     return moves
+
+
+def _polish(search: _Search, moves: list[Move], cfg: BalanceConfig) -> list[Move]:
+    """Re-target moved VMs (or send them home) while that lowers the score: costs no moves."""
+    model = search.model
+    origin = {m.vm_id: m.src for m in moves}
+    order = [m.vm_id for m in moves]
+    for _ in range(3):
+        changed = False
+        for vm_id in order:
+            gain = search.evaluate([vm_id])[0]
+            home = model.index[origin[vm_id]]
+            cost = search.cost[vm_id]
+            gain = gain + cost  # the VM moves anyway: only its score change counts...
+            if np.isfinite(gain[home]):
+                gain[home] += cost  # ...unless it goes home and the move disappears
+            d = int(np.argmax(gain))
+            if not np.isfinite(gain[d]) or gain[d] <= 1e-12:
+                continue
+            vm = model.vms[vm_id]
+            if not model.fits(vm, model.hosts[d].name):
+                continue
+            search.commit(vm, d)
+            changed = True
+        if not changed:
+            break
+    final = []
+    for vm_id in order:
+        dst = model.vms[vm_id].host
+        if dst is not None and dst != origin[vm_id]:
+            final.append(Move(vm_id, origin[vm_id], dst, True, 0.0, search.cost[vm_id]))
+    return final
 
 
 def _pick(

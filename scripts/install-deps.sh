@@ -31,7 +31,7 @@ APT_REQUIRED=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   dnsmasq-base iproute2 iptables dmidecode netcat-openbsd openssh-client
   # tiny guest image recipe (images/build-tiny.sh) and cloud-init seeds
-  busybox-static cpio xz-utils zstd syslinux syslinux-common mtools dosfstools genisoimage
+  busybox-static cpio kmod xz-utils zstd syslinux syslinux-common mtools dosfstools genisoimage
   # test database and benchmark peers
   postgresql ganeti-htools
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from vmmgr.errors import FailedPrecondition
 LAB_BASE = "/tmp/vmmgr-lab-tests"
 LAB_SUBNET = "10.213.7.0/24"
 LAB_PREFIX = "vmlabt"
+BASE_VOLUME = "tiny-base.qcow2"
 
 
 def _unavailable(reason: str) -> None:
@@ -59,6 +61,8 @@ def lab(tiny_image: TinyImage) -> Iterator[Lab]:
     if reason:
         _unavailable(f"network namespaces unavailable: {reason}")
     the_lab = Lab(2, base_dir=LAB_BASE, subnet=LAB_SUBNET, prefix=LAB_PREFIX).up()
+    # the guests' backing image lives in the shared pool: a volume every host can look up
+    shutil.copyfile(tiny_image.disk, os.path.join(the_lab.shared_dir, BASE_VOLUME))
     try:
         yield the_lab
     finally:
@@ -144,6 +148,7 @@ class GuestMaker:
     def __init__(self, lab: Lab, conns: Conns, image: TinyImage) -> None:
         self.lab, self.conns, self.image = lab, conns, image
         self.size = _virtual_size(image.disk)
+        self.base = os.path.join(lab.shared_dir, BASE_VOLUME)
         self.made: list[Guest] = []
 
     def __call__(
@@ -160,7 +165,7 @@ class GuestMaker:
             name=f"{name}.qcow2",
             capacity_bytes=self.size,
             format="qcow2",
-            backing_store=BackingStore(path=self.image.disk, format="qcow2"),
+            backing_store=BackingStore(path=self.base, format="qcow2"),
         )
         conn = self.conns[host]
         v = conn.storagePoolLookupByName(pool).createXML(to_string(vol.build()), 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "unit"))
 
 from state_fixtures import *  # noqa: E402, F403
 from test_state_claims import *  # noqa: E402, F403

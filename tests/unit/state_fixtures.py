@@ -3,14 +3,14 @@ run (tests/postgres/test_store.py, which re-collects the same tests with ``backe
 "postgres").
 
 SQLite: the schema is migrated once per session into a template file; each test gets a copy.
-Postgres (env VMMGR_TEST_PG_URL): one fresh schema per session, migrated once; every test
-starts from truncated tables; the schema is dropped at the end. Without the env var Postgres
-tests skip, unless env CI is set (then they fail).
+Postgres (env VMMGR_TEST_PG_URL, through the ``pg_url`` fixture of tests/conftest.py): one
+fresh schema per session, migrated once; every test starts from truncated tables; the schema
+is dropped at the end. Without the env var Postgres tests skip, unless env CI is set (then
+they fail).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -23,18 +23,14 @@ from sqlalchemy.engine import make_url
 from vmmgr.state import Store, open_store
 from vmmgr.state.models import Host, metadata
 
-PG_ENV = "VMMGR_TEST_PG_URL"
-
 # what test modules star-import: the fixtures
 __all__ = ["backend", "empty_db_url", "host", "state_pg_store", "state_sqlite_template", "store"]
 
 
-def pg_url_or_skip() -> str:
-    url = os.environ.get(PG_ENV, "")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {PG_ENV} is not: the Postgres tier must run in CI")
-        pytest.skip(f"set {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:55432/x)")
+def pg_url_or_skip(request: pytest.FixtureRequest) -> str:
+    """The ``pg_url`` fixture of tests/conftest.py: skips without VMMGR_TEST_PG_URL, fails
+    under CI."""
+    url: str = request.getfixturevalue("pg_url")
     return url
 
 
@@ -73,8 +69,8 @@ def state_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def state_pg_store() -> Iterator[Store]:
-    schema = PgSchema(pg_url_or_skip())
+def state_pg_store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    schema = PgSchema(pg_url_or_skip(request))
     store = open_store(schema.url, Path("/nonexistent"))
     try:
         yield store
@@ -100,12 +96,12 @@ def store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 
 
 @pytest.fixture
-def empty_db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+def empty_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A URL of an empty database (no tables) for migration tests."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    schema = PgSchema(pg_url_or_skip())
+    schema = PgSchema(pg_url_or_skip(request))
     try:
         yield schema.url
     finally:

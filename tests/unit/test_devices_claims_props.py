@@ -74,8 +74,6 @@ def _check(host: HostSnap, held: list[ClaimSet]) -> None:
             mates = [x for x in host.devices if x.iommu_group == d.iommu_group and x.iommu_group is not None]
             assert {x.claimed_by for x in mates} == {d.claimed_by}
             assert vgpu[d.id] == 0 and not (d.mig and d.mig.claimed)
-            if d.pf is not None:
-                assert by_id[d.pf].claimed_by in (None, d.claimed_by) or by_id[d.pf].claimed_by == d.claimed_by
         for t in d.mdev_types:
             assert t.available >= 0
         if d.mig is not None:

@@ -211,7 +211,8 @@ def test_mig_slices_instance_limits_and_mode() -> None:
     assert p2.host == "a" and p2.devices[0].kind == "mig"
     off = dataclasses.replace(full, mig=MigSnap(enabled=False, total_slices=7,
                                                  profiles=full.mig.profiles))
-    assert Scheduler().place(snap(host("a", devices=[off])), req(mig_profile="1g.10gb")).host is None
+    p3 = Scheduler().place(snap(host("a", devices=[off])), req(mig_profile="1g.10gb"))
+    assert p3.host is None
 
 
 def test_fpga_model_and_virtual_functions() -> None:
@@ -268,7 +269,8 @@ def test_numa_strict_needs_one_cell_for_vcpus_memory_and_devices() -> None:
         s, req(vcpus=4, gpus=(GpuRequest("H100-80GB", 2),), numa_strict=True), explain=True
     )
     assert two.host is None
-    assert reasons(two, "numa")[0].startswith("no NUMA cell holds 4 vCPUs, 1024 MiB and its devices")
+    msg = reasons(two, "numa")[0]
+    assert msg.startswith("no NUMA cell holds 4 vCPUs, 1024 MiB and its devices")
     # without numa_strict the same request spans both cells
     assert Scheduler().place(s, req(vcpus=4, gpus=(GpuRequest("H100-80GB", 2),))).host == "a"
 
@@ -301,3 +303,36 @@ def test_devices_are_described(count: int) -> None:
     p = Scheduler().place(s, req(gpus=(GpuRequest("H100-80GB", count),)))
     assert len(p.devices) == count
     assert all(d.model == "H100-80GB" and d.numa_node == 0 for d in p.devices)
+
+
+def test_sriov_pf_and_its_vfs_block_each_other() -> None:
+    pf = fpga("a", 0)
+    vf = dataclasses.replace(fpga("a", 1), is_vf=True, pf=pf.id, claimed_by="other")
+    s = snap(host("a", devices=[pf, vf]))
+    assert Scheduler().place(s, req(fpga_model="ALVEO-U250")).host is None
+    free_vf = dataclasses.replace(vf, claimed_by=None)
+    busy_pf = dataclasses.replace(pf, claimed_by="other")
+    s2 = snap(host("a", devices=[busy_pf, free_vf]))
+    assert Scheduler().place(s2, req(fpga_model="ALVEO-U250", fpga_allow_vf=True)).host is None
+    s3 = snap(host("a", devices=[pf, free_vf]))
+    p = Scheduler().place(s3, req(fpga_model="ALVEO-U250", fpga_count=2, fpga_allow_vf=True))
+    assert p.host is None  # a PF with VFs is not passed through whole: one device, not two
+    p1 = Scheduler().place(s3, req(fpga_model="ALVEO-U250", fpga_allow_vf=True))
+    assert p1.host == "a"
+
+
+def test_sriov_vgpu_siblings_share_one_type() -> None:
+    pf = gpu("a", 0, model="A100")
+    vf1 = gpu("a", 1, model="A100", is_vf=True, pf=pf.id, mdev_types=VT,
+              active_mdev_type="nvidia-1", mdev_claims=1)
+    vf2 = gpu("a", 2, model="A100", is_vf=True, pf=pf.id, mdev_types=VT)
+    s = snap(host("a", devices=[pf, vf1, vf2]))
+    assert Scheduler().place(s, req(vgpu_type="nvidia-2")).host is None
+    p = Scheduler().place(s, req(vgpu_type="nvidia-1"))
+    assert p.host == "a"
+    batch = Scheduler().place_batch(
+        snap(host("a", devices=[pf, dataclasses.replace(vf1, active_mdev_type=None,
+                                                        mdev_claims=0), vf2])),
+        [req("x", vgpu_type="nvidia-2"), req("y", vgpu_type="nvidia-1")],
+    )
+    assert batch[0].ok and not batch[1].ok  # the first claim fixes the type for both VFs

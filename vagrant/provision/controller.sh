@@ -5,8 +5,10 @@ set -euo pipefail
 install -d -m 700 /root/.ssh
 install -m 600 /tmp/lab_ed25519 /root/.ssh/id_ed25519
 install -m 644 /tmp/lab_ed25519.pub /root/.ssh/id_ed25519.pub
+ips=""
+for h in $LAB_HOSTS; do ips="$ips ${h#*=}"; done
 cat >/root/.ssh/config <<CONF
-Host ${LAB_HOSTS//[a-z0-9]*=/}
+Host$ips
   User root
   IdentityFile /root/.ssh/id_ed25519
   StrictHostKeyChecking accept-new

@@ -17,8 +17,9 @@ migration_host = "$LAB_IP"
 migration_address = "$LAB_IP"
 # vmmgr-lab end
 CONF
-grep -qE '^(vmx|svm)' <(grep -oE '\b(vmx|svm)\b' /proc/cpuinfo | sort -u) \
-  || echo "WARNING: no vmx/svm in this VM: nested virtualization is off; guests will use TCG"
+if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+  echo "WARNING: no vmx/svm in this VM: nested virtualization is off; guests need TCG"
+fi
 modprobe kvm_intel 2>/dev/null || modprobe kvm_amd 2>/dev/null || true
 systemctl enable --now virtlogd.socket virtlockd.socket libvirtd.service
 systemctl restart libvirtd.service

@@ -336,32 +336,52 @@ def mig_gpu_from_snap(device: DeviceSnap, *, idle: bool = True) -> MigGpu | None
     return MigGpu(device.id, specs, tuple(sorted(placed)), mig.total_slices, mig.enabled, idle)
 
 
-def _score_geometry(
-    specs: tuple[MigProfileSpec, ...],
-    compute: int,
-    geometry: Geometry,
-    claimed: Geometry,
-    existing: Counter[tuple[str, int]],
-    want: Counter[str],
-) -> tuple[int, int, int, int] | None:
-    """(served compute, served count, -stranded, -changes); None if it creates unasked-for
-    instances."""
-    g = Counter(geometry)
-    free = g - Counter(claimed)
-    free_by: Counter[str] = Counter()
-    new_by: Counter[str] = Counter()
-    for (name, _), c in free.items():
-        free_by[name] += c
-    for (name, _), c in (free - existing).items():
-        new_by[name] += c
-    served = free_by & want
-    if new_by - served:
-        return None
-    by_name = {s.name: s.compute for s in specs}
-    served_compute = sum(by_name[n] * c for n, c in served.items())
-    changes = sum((existing - g).values()) + sum((g - existing).values())
+@dataclass(frozen=True, slots=True)
+class _Row:
+    geometry: Geometry
+    placements: frozenset[tuple[str, int]]
+    counts: tuple[int, ...]  # instances per spec index
+    stranded: int
+
+
+def _row(specs: tuple[MigProfileSpec, ...], geometry: Geometry, compute: int) -> _Row:
+    index = {s.name: i for i, s in enumerate(specs)}
+    counts = [0] * len(specs)
+    for name, _ in geometry:
+        counts[index[name]] += 1
     strand = stranded_slices(specs, geometry, compute=compute) if geometry else 0
-    return (served_compute, sum(served.values()), -strand, -changes)
+    return _Row(geometry, frozenset(geometry), tuple(counts), strand)
+
+
+@lru_cache(maxsize=256)
+def _table(specs: tuple[MigProfileSpec, ...], keep: Geometry, compute: int) -> tuple[_Row, ...]:
+    return tuple(_row(specs, g, compute) for g in _geometries(specs, keep, compute))
+
+
+def _score(
+    specs: tuple[MigProfileSpec, ...],
+    row: _Row,
+    claimed: tuple[int, ...],
+    existing: frozenset[tuple[str, int]],
+    want: tuple[int, ...],
+) -> tuple[int, int, int, int] | None:
+    """(served compute, served count, -stranded, -changes); None if the geometry would
+    create instances no demand asked for."""
+    index = {s.name: i for i, s in enumerate(specs)}
+    kept = row.placements & existing
+    reused = [0] * len(specs)
+    for name, _ in kept:
+        reused[index[name]] += 1
+    served_compute = served_count = 0
+    for i, spec in enumerate(specs):
+        free = row.counts[i] - claimed[i]
+        served = min(free, want[i])
+        if row.counts[i] - reused[i] > served:
+            return None
+        served_compute += served * spec.compute
+        served_count += served
+    changes = len(existing) + len(row.placements) - 2 * len(kept)
+    return (served_compute, served_count, -row.stranded, -changes)
 
 
 def _used_compute(gpu: MigGpu) -> int:
@@ -374,20 +394,24 @@ def _plan_one(
 ) -> tuple[GpuPlan, list[Assignment], list[MigDemand]]:
     specs = gpu.profiles
     resolved = {d.id: resolve_profile(d, specs) for d in pending}
-    want = Counter(p for p in resolved.values() if p is not None)
+    wanted = Counter(p for p in resolved.values() if p is not None)
     existing = Counter((i.profile, i.start) for i in gpu.instances)
     claimed: Geometry = tuple(
         sorted((i.profile, i.start) for i in gpu.instances if i.claimed_by is not None)
     )
     # What must survive: held instances, or everything on a GPU that is not idle.
     keep = claimed if gpu.idle else tuple(sorted(existing.elements()))
+    want = tuple(wanted[s.name] for s in specs)
+    held = Counter(n for n, _ in claimed)
+    held_counts = tuple(held[s.name] for s in specs)
+    have = frozenset(existing)
     best_geo: Geometry = tuple(sorted(existing.elements()))
-    best = _score_geometry(specs, gpu.compute, best_geo, claimed, existing, want)
-    if want:
-        for geo in _geometries(specs, keep, gpu.compute):
-            score = _score_geometry(specs, gpu.compute, geo, claimed, existing, want)
+    best = _score(specs, _row(specs, best_geo, gpu.compute), held_counts, have, want)
+    if wanted:
+        for row in _table(specs, keep, gpu.compute):
+            score = _score(specs, row, held_counts, have, want)
             if score is not None and (best is None or score > best):
-                best, best_geo = score, geo
+                best, best_geo = score, row.geometry
     # Hand out the unclaimed instances: existing ones first, then the ones to create.
     avail = sorted(
         (Counter(best_geo) - Counter(claimed)).elements(),

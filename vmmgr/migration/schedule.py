@@ -80,6 +80,13 @@ def validate_schedule(steps: Sequence[Step], field: str = "schedule") -> tuple[S
     return tuple(steps)
 
 
+def transfer_started(stats: JobSample | None) -> bool:
+    """True once QEMU moves memory. Before that (libvirt still preparing the destination) a
+    downtime or post-copy request would reach QEMU ahead of the job's own settings and be lost
+    or refused ("Enable postcopy ... before the start of migration")."""
+    return stats is not None and stats.data_total > 0
+
+
 def about_to_complete(stats: JobSample | None, max_downtime_ms: int) -> bool:
     """True when the remaining data fits in the allowed downtime at the current bandwidth.
 
@@ -104,11 +111,14 @@ def next_action(
     any downtime change before it. Once post-copy runs nothing else applies. A "postcopy" step
     for a VM that may not post-copy (operator did not opt in, VFIO devices) becomes "abort":
     the schedule asked to force completion by then, and pre-copy alone did not converge.
-    Escalations wait while ``about_to_complete`` says QEMU is about to switch over.
+    Escalations wait while ``about_to_complete`` says QEMU is about to switch over, and nothing
+    is applied before ``transfer_started``.
     """
     if current.postcopy_started:
         return Action("none", current)
     i = current.next_step
+    if i < len(schedule) and schedule[i].after_s <= elapsed_s and not transfer_started(stats):
+        return Action("none", current, reason="transfer not started yet")
     new_downtime = current.max_downtime_ms
     while i < len(schedule) and schedule[i].after_s <= elapsed_s:
         step = schedule[i]

@@ -4,10 +4,13 @@ Rules (the same ones the filters count with, so a host that passes always yields
 
 * A device is placeable when its health is not TAINTED (and not UNKNOWN when the config says so).
 * Whole passthrough (GPU, FPGA) takes a device that nobody uses (no whole claim, no vGPU, no MIG
-  instance) and whose IOMMU group has no other device in use: VFIO hands out whole groups. SR-IOV
-  virtual functions are never whole GPUs; they stand in for FPGAs only when the request allows.
+  instance) and whose IOMMU group has no other device in use: VFIO hands out whole groups. An
+  SR-IOV PF whose VFs exist (``DeviceSnap.pf``) is never passed through whole (that would tear
+  its VFs down), and a PF in use blocks its VFs. VFs are never whole GPUs; they stand in for
+  FPGAs only when the request allows.
 * vGPU: a GPU whose IOMMU group has no whole-claimed device; with ``active_mdev_type`` set it only
   takes that type; with no type and no claims it takes any offered type with ``available > 0``.
+  SR-IOV vGPU parents (VFs of one PF) are one physical GPU: a type active on a sibling VF wins.
   Models listed in ``SchedulerConfig.mixed_vgpu_models`` mix types on one GPU; there each claim
   also lowers the other types' availability by its framebuffer share (1 / max_instances).
 * MIG: a GPU with MIG enabled, no whole claim and no vGPU, with free compute slices >= the
@@ -213,32 +216,53 @@ class _Contrib:
 class HostDevices:
     """The devices of one host, with IOMMU-group bookkeeping; copied before a batch mutates it."""
 
-    __slots__ = ("devices", "mates", "_contrib")
+    __slots__ = ("devices", "mates", "siblings", "has_vfs", "_contrib")
 
     def __init__(self, devices: list[DeviceState]) -> None:
         self.devices = devices
         groups: dict[int, list[int]] = {}
+        by_id = {d.snap.id: i for i, d in enumerate(devices)}
+        vfs: dict[int, list[int]] = {}
         for i, d in enumerate(devices):
             if d.snap.iommu_group is not None:
                 groups.setdefault(d.snap.iommu_group, []).append(i)
-        self.mates: list[tuple[int, ...]] = [
-            tuple(j for j in groups.get(d.snap.iommu_group, ()) if j != i)
-            if d.snap.iommu_group is not None
-            else ()
-            for i, d in enumerate(devices)
-        ]
+            if d.snap.pf is not None and d.snap.pf in by_id:
+                vfs.setdefault(by_id[d.snap.pf], []).append(i)
+        # mates: devices whose use blocks this one's passthrough and vice versa: the same IOMMU
+        # group (VFIO hands out whole groups), and an SR-IOV PF with its own VFs
+        mates: list[tuple[int, ...]] = []
+        # siblings: VFs of one PF (and the PF) share one vGPU type: one physical GPU
+        siblings: list[tuple[int, ...]] = []
+        for i, d in enumerate(devices):
+            m = set(groups.get(d.snap.iommu_group, ())) if d.snap.iommu_group is not None else set()
+            m.update(vfs.get(i, ()))
+            pf = by_id.get(d.snap.pf) if d.snap.pf is not None else None
+            sib: set[int] = set(vfs.get(i, ()))
+            if pf is not None:
+                m.add(pf)
+                sib.add(pf)
+                sib.update(vfs.get(pf, ()))
+            m.discard(i)
+            sib.discard(i)
+            mates.append(tuple(sorted(m)))
+            siblings.append(tuple(sorted(sib)))
+        self.mates = mates
+        self.siblings = siblings
+        self.has_vfs = [i in vfs for i in range(len(devices))]
         self._contrib: list[_Contrib | None] = [None] * len(devices)
 
     def copy(self) -> HostDevices:
         clone = HostDevices.__new__(HostDevices)
         clone.devices = [d.copy() for d in self.devices]
         clone.mates = self.mates
+        clone.siblings = self.siblings
+        clone.has_vfs = self.has_vfs
         clone._contrib = list(self._contrib)
         return clone
 
     def whole_free(self, i: int, *, allow_vf: bool = False) -> bool:
         d = self.devices[i]
-        if not d.placeable or d.busy or (d.snap.is_vf and not allow_vf):
+        if not d.placeable or d.busy or (d.snap.is_vf and not allow_vf) or self.has_vfs[i]:
             return False
         return not any(self.devices[j].busy for j in self.mates[i])
 
@@ -248,7 +272,13 @@ class HostDevices:
     def vgpu_units(self, i: int, type_name: str) -> int:
         if self.mate_whole_claimed(i):
             return 0
-        return self.devices[i].vgpu_units(type_name)
+        d = self.devices[i]
+        if not d.mixed:
+            for j in self.siblings[i]:
+                other = self.devices[j]
+                if other.mdev_claims > 0 and other.active_type not in (None, type_name):
+                    return 0
+        return d.vgpu_units(type_name)
 
     def mig_fits(self, i: int, profile: MigProfileSnap) -> bool:
         return not self.mate_whole_claimed(i) and self.devices[i].mig_fits(profile)
@@ -310,6 +340,8 @@ class HostDevices:
     def _invalidate(self, i: int) -> None:
         self._contrib[i] = None
         for j in self.mates[i]:
+            self._contrib[j] = None
+        for j in self.siblings[i]:
             self._contrib[j] = None
 
     def accel_free(self) -> int:

@@ -1,5 +1,10 @@
 """Long-running work as persisted Operations: an id at once, progress, cancel, wait, watch.
 
+Progress of a running operation is kept in memory (served to Get/Wait/Watch from there) and
+written to the store when the operation ends: a create would otherwise spend most of its time
+in progress transactions. A restart treats an unfinished operation the same whether its row
+says pending or running.
+
 A job is a function ``fn(ctx) -> dict[str, str]`` run on a worker pool. It reports progress with
 ``ctx.progress(pct, message)`` and calls ``ctx.check_cancelled()`` between steps; raising any
 VmmgrError fails the operation with that error's code and field. On daemon start the owner
@@ -15,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from sqlmodel import Session
 
 from vmmgr.errors import Cancelled, InvalidArgument, VmmgrError
 from vmmgr.services.events import EventBus
@@ -50,19 +57,28 @@ class Operations:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="op")
         self._cond = threading.Condition()
         self._cancel: set[str] = set()
+        self._live: dict[str, tuple[str, float, str]] = {}  # id -> (state, progress, message)
 
     def submit(self, kind: str, target: str, job: Job, *, request_id: str = "",
                message: str = "queued") -> Operation:
         with self.store.session() as s:
-            op = repo.create_operation(s, kind, target, request_id=request_id, message=message)
-        self._pool.submit(self._run, op.id, kind, target, job)
+            op = self.record(s, kind, target, request_id=request_id, message=message)
+        return self.start(op, job)
+
+    @staticmethod
+    def record(session: Session, kind: str, target: str, *, request_id: str = "",
+               message: str = "queued") -> Operation:
+        """Add the operation row inside the caller's transaction; ``start`` it after commit."""
+        return repo.create_operation(session, kind, target, request_id=request_id,
+                                     message=message)
+
+    def start(self, op: Operation, job: Job) -> Operation:
+        self._pool.submit(self._run, op.id, op.kind, op.target, job)
         return op
 
     def _run(self, op_id: str, kind: str, target: str, job: Job) -> None:
         ctx = OperationContext(op_id, self)
-        with self.store.session() as s:
-            repo.update_operation(s, op_id, state=OperationState.RUNNING.value)
-        self._notify()
+        self._set_live(op_id, OperationState.RUNNING.value, 0.0, "started")
         try:
             ctx.check_cancelled()
             result = job(ctx) or {}
@@ -87,20 +103,28 @@ class Operations:
                 result={k: str(v) for k, v in (result or {}).items()})
         with self._cond:
             self._cancel.discard(op_id)
-        self._notify()
-        self.events.publish(f"operation.{state.value}", op_id,
-                            f"{op.kind} {op.target}: {op.message}",
-                            severity="info" if state is OperationState.SUCCEEDED else "warning",
-                            op_kind=op.kind, target=op.target)
+            self._live.pop(op_id, None)
+            self._cond.notify_all()
+        if state is not OperationState.SUCCEEDED:  # success is told by the job's own event
+            self.events.publish(f"operation.{state.value}", op_id,
+                                f"{op.kind} {op.target}: {op.message}", severity="warning",
+                                op_kind=op.kind, target=op.target)
 
     def _progress(self, op_id: str, percent: float, message: str) -> None:
-        with self.store.session() as s:
-            repo.update_operation(s, op_id, progress=percent, message=message)
-        self._notify()
+        self._set_live(op_id, OperationState.RUNNING.value, percent, message)
 
-    def _notify(self) -> None:
+    def _set_live(self, op_id: str, state: str, percent: float, message: str) -> None:
         with self._cond:
+            self._live[op_id] = (state, percent, message)
             self._cond.notify_all()
+
+    def _overlay(self, op: Operation) -> Operation:
+        """Show live progress on a detached row (never on one a session could flush)."""
+        with self._cond:
+            live = self._live.get(op.id)
+        if live is not None and not OperationState(op.state).finished:
+            op.state, op.progress, op.message = live
+        return op
 
     def _cancel_flag(self, op_id: str) -> bool:
         with self._cond:
@@ -116,13 +140,15 @@ class Operations:
         if not op_id:
             raise InvalidArgument("id", "is required")
         with self.store.read_session() as s:
-            return repo.get_operation(s, op_id)
+            op = repo.get_operation(s, op_id)
+        return self._overlay(op)  # detached now: the overlay is never written back
 
     def list(self, *, state: str = "", target: str = "", kind: str = "",
              limit: int = 100) -> list[Operation]:
         with self.store.read_session() as s:
-            return repo.list_operations(s, state=state or None, target=target or None,
-                                        kind=kind or None, limit=limit)
+            ops = repo.list_operations(s, state=state or None, target=target or None,
+                                       kind=kind or None, limit=limit)
+        return [self._overlay(op) for op in ops]
 
     def cancel(self, op_id: str) -> Operation:
         self.get(op_id)

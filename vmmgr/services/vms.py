@@ -176,24 +176,22 @@ class VMService:
                 raise NoHostFits(
                     f"no host fits vm {req.name!r}: 0 of {exp.hosts_total} hosts passed",
                     {name: n for name, n in exp.rejections().items() if n})
+            host = placement.host
             with self.store.session() as s:
-                vm_repo.add_vm(s, VM(
+                vm = vm_repo.add_vm(s, VM(
                     id=vm_id, name=req.name, project=req.project, owner=owner,
-                    description=req.description, host=placement.host, vcpus=req.vcpus,
+                    description=req.description, host=host, vcpus=req.vcpus,
                     memory_mib=req.memory_mib, disk_gib=sum(d.size_gib for d in req.disks),
                     image=req.disks[0].image, spec=req.to_json(),
                     desired_power=(PowerState.RUNNING if req.start else PowerState.STOPPED).value,
                     state=VMState.CREATING.value, labels=dict(req.labels), ha=req.ha,
                     ha_priority=req.ha_priority, domain_uuid=vm_id))
-        return self.ops.submit("vm.create", vm_id, lambda ctx: self._build(ctx, vm_id),
-                               request_id=request_id, message=f"placed on {placement.host}")
+                op = self.ops.record(s, "vm.create", vm_id, request_id=request_id,
+                                     message=f"placed on {host}")
+        return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host))
 
-    def _build(self, ctx: OperationContext, vm_id: str) -> dict[str, str]:
-        with self.store.read_session() as s:
-            vm = vm_repo.get_vm(s, vm_id)
-        req = VmCreate.from_json(vm.spec)
-        assert vm.host is not None
-        host = vm.host
+    def _build(self, ctx: OperationContext, vm: VM, req: VmCreate, host: str) -> dict[str, str]:
+        vm_id = vm.id
         undo = UndoStack(f"create vm {vm_id}")
         try:
             with undo:

@@ -232,11 +232,11 @@ class LiveMigration:
             for d in _file_disks(self.dom.XMLDesc(0))
             if d.device == "disk" and not d.readonly
         ]
+        # the initial max downtime is step 0 of the schedule: applied once the transfer runs
+        schedule = opts.schedule
         if opts.max_downtime_ms:
-            self.dom.migrateSetMaxDowntime(opts.max_downtime_ms, 0)
-        state = ScheduleState(
-            max_downtime_ms=opts.max_downtime_ms, postcopy_allowed=opts.allow_postcopy
-        )
+            schedule = (Step(after_s=0, max_downtime_ms=opts.max_downtime_ms), *schedule)
+        state = ScheduleState(postcopy_allowed=opts.allow_postcopy)
         actions: list[str] = []
         failure: list[libvirt.libvirtError] = []
 
@@ -268,7 +268,7 @@ class LiveMigration:
                     self._abort_job()
                     actions.append(f"{elapsed:.1f}s cancel")
             if not stopped_by:
-                act = next_action(opts.schedule, elapsed, sample, state)
+                act = next_action(schedule, elapsed, sample, state)
                 state = act.state
                 if act.kind == "set_downtime":
                     with contextlib.suppress(libvirt.libvirtError):

@@ -1,0 +1,129 @@
+"""Cold migration between lab hosts: stop, copy volumes over libvirt streams, start, clean up."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from drivers.hypervisor.libvirt.migration import cold_migrate
+from drivers.lab import Lab
+from vmmgr.errors import AlreadyExists, Cancelled, FailedPrecondition
+
+pytestmark = pytest.mark.lab
+
+
+def _vols(conns, host: int, pool: str = "local") -> list[str]:
+    p = conns[host].storagePoolLookupByName(pool)
+    p.refresh(0)
+    return p.listVolumes()
+
+
+def test_cold_migration_moves_the_disk_and_restarts_on_the_target(lab: Lab, conns, guests) -> None:
+    g = guests(host=0, pool="local", acpi_poweroff=True)
+    hb = g.heartbeat(conns, 0)
+    hb.wait_for(2, timeout_s=120)  # acpid is up: the power button now powers off
+    hb.stop()
+    progress = []
+    res = cold_migrate(
+        g.dom(conns, 0),
+        conns[1],
+        dest_pool="local",
+        shutdown_timeout_s=30,
+        on_progress=progress.append,
+    )
+    assert res.mode == "cold" and res.actions[0] == "shut down"
+    assert res.downtime_ms is not None and res.downtime_ms > 0
+    assert res.data_transferred > 0
+    assert g.name not in conns.names(0)
+    assert f"{g.name}.qcow2" not in _vols(conns, 0)
+    assert f"{g.name}.qcow2" in _vols(conns, 1)
+    assert g.running_on(conns, 1)
+    assert g.dom(conns, 1).isPersistent()
+    assert progress[-1].phase == "completed"
+    assert any(p.message.startswith("copying vda") for p in progress)
+    hb = g.heartbeat(conns, 1)  # a fresh boot on the target, from the copied disk
+    try:
+        hb.wait_for(1, timeout_s=120)
+        assert hb.ids == {g.name}
+    finally:
+        hb.stop()
+
+
+def test_cold_migration_cancelled_midcopy_restores_the_source(lab: Lab, conns, guests) -> None:
+    g = guests(host=0, pool="local")  # the image ignores the power button: forced off
+    cancel = threading.Event()
+
+    def on_progress(p) -> None:
+        if p.message.startswith("copying"):
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        cold_migrate(
+            g.dom(conns, 0),
+            conns[1],
+            dest_pool="local",
+            shutdown_timeout_s=0.5,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+    assert g.running_on(conns, 0)  # restarted by the undo
+    assert f"{g.name}.qcow2" in _vols(conns, 0)
+    assert g.name not in conns.names(1)
+    assert f"{g.name}.qcow2" not in _vols(conns, 1)
+
+
+def test_cold_migration_with_shared_storage_moves_only_the_definition(
+    lab: Lab, conns, guests
+) -> None:
+    g = guests(host=0, pool="shared")
+    res = cold_migrate(g.dom(conns, 0), conns[1], copy_storage=False, shutdown_timeout_s=0.2)
+    assert res.actions[0] in ("forced off", "shut down")
+    assert res.data_transferred == 0
+    assert g.running_on(conns, 1) and g.name not in conns.names(0)
+    assert f"{g.name}.qcow2" in _vols(conns, 1, "shared")  # the same file, still there
+    disk = g.dom(conns, 1).XMLDesc(0)
+    assert f"{lab.shared_dir}/{g.name}.qcow2" in disk
+
+
+def test_cold_migration_refuses_a_disk_whose_backing_file_the_target_lacks(
+    lab: Lab, conns
+) -> None:
+    """Preflight failure: nothing is stopped, nothing is created on the target."""
+    pool0 = conns[0].storagePoolLookupByName("local")
+    base = pool0.createXML(
+        "<volume><name>only-here.qcow2</name><capacity>1048576</capacity>"
+        "<target><format type='qcow2'/></target></volume>",
+        0,
+    )
+    top = pool0.createXML(
+        "<volume><name>top.qcow2</name><capacity>1048576</capacity>"
+        "<target><format type='qcow2'/></target><backingStore>"
+        f"<path>{base.path()}</path><format type='qcow2'/></backingStore></volume>",
+        0,
+    )
+    xml = (
+        "<domain type='qemu'><name>cold-pre</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{top.path()}'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+    )
+    dom = conns[0].defineXML(xml)
+    try:
+        with pytest.raises(FailedPrecondition, match="backing image .* not on the destination"):
+            cold_migrate(dom, conns[1], dest_pool="local")
+        assert "cold-pre" in conns.names(0) and "cold-pre" not in conns.names(1)
+        assert "top.qcow2" not in _vols(conns, 1)
+        with pytest.raises(FailedPrecondition, match="not visible"):
+            cold_migrate(dom, conns[1], copy_storage=False)
+        # a domain of that name on the target is refused too
+        dom1 = conns[1].defineXML(xml.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"))
+        try:
+            with pytest.raises(AlreadyExists):
+                cold_migrate(dom, conns[1], dest_pool="local")
+        finally:
+            dom1.undefine()
+    finally:
+        dom.undefine()
+        top.delete(0)
+        base.delete(0)
