@@ -13,7 +13,8 @@ spec (JSON), then:
   snapshot              build_snapshot (hosts, VMs, claims, groups) vs a raw
                         ``SELECT id,name,host,vcpus,memory_mib,disk_gib,state,ha,ha_priority``
 
-It prints p50 / p99 latency (ms) and the ratio to the bound's p50/p99. No assertions: figures.
+It prints p50 / p99 wall latency (ms) and the ratio to the bound's p50/p99, plus the p50 of
+this thread's CPU time (steadier on a shared machine). No assertions: figures.
 
     .venv/bin/python bench/list_vms/run.py [--vms 10000] [--rounds 3] [--pg-url URL]
 """
@@ -28,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import create_engine, insert, text
@@ -110,10 +112,33 @@ def populate(store: Store, n: int) -> None:
             c.exec_driver_sql("ANALYZE")
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter_ns()
-    fn()
-    return (time.perf_counter_ns() - t) / 1e6
+@dataclass
+class Samples:
+    """Wall-clock and this thread's CPU time per call, in ms. CPU time is the steadier figure
+    on a busy machine (it leaves out time spent preempted, and the Postgres server's share)."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def __iadd__(self, other: Samples) -> Samples:
+        self.wall += other.wall
+        self.cpu += other.cpu
+        return self
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        w, c = time.perf_counter_ns(), time.thread_time_ns()
+        yield
+        self.cpu.append((time.thread_time_ns() - c) / 1e6)
+        self.wall.append((time.perf_counter_ns() - w) / 1e6)
+
+
+def timed(fn: Callable[[], object], n: int) -> Samples:
+    out = Samples()
+    for _ in range(n):
+        with out.measure():
+            fn()
+    return out
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -123,26 +148,24 @@ def pct(xs: list[float], p: float) -> float:
 
 def walk_repo(
     store: Store, size: int, labels: dict[str, str] | None, include_spec: bool = True
-) -> list[float]:
+) -> Samples:
     """One full walk over the pages; one read session per call, as one RPC would use."""
-    out: list[float] = []
+    out = Samples()
     token = ""
     while True:
-        t = time.perf_counter_ns()
-        with store.read_session() as s:
+        with out.measure(), store.read_session() as s:
             page = repo.list_vms(
                 s, page_size=size, page_token=token, labels=labels, include_spec=include_spec
             )
-        out.append((time.perf_counter_ns() - t) / 1e6)
         assert page.items
         token = page.next_page_token
         if not token:
             return out
 
 
-def walk_raw(store: Store, size: int, label: tuple[str, str] | None) -> list[float]:
+def walk_raw(store: Store, size: int, label: tuple[str, str] | None) -> Samples:
     """The bound: the same keyset pages as one raw statement through the same engine."""
-    out: list[float] = []
+    out = Samples()
     join = ""
     # size + 1 rows, like the repo (it reads one extra row to know whether a next page exists)
     params: dict[str, object] = {"n": size + 1, "name": "", "id": ""}
@@ -154,10 +177,8 @@ def walk_raw(store: Store, size: int, label: tuple[str, str] | None) -> list[flo
         " ORDER BY vm.name, vm.id LIMIT :n"
     )
     while True:
-        t = time.perf_counter_ns()
-        with store.engine.connect() as c:
+        with out.measure(), store.engine.connect() as c:
             rows = c.execute(sql, params).fetchall()
-        out.append((time.perf_counter_ns() - t) / 1e6)
         if len(rows) <= size:
             return out
         params.update(name=rows[size - 1].name, id=rows[size - 1].id)
@@ -204,11 +225,24 @@ def backend_store(kind: str, pg_url: str) -> Iterator[Store]:
         admin.dispose()
 
 
-def row(backend: str, case: str, xs: list[float], bound: list[float]) -> str:
-    p50, p99, b50, b99 = pct(xs, 50), pct(xs, 99), pct(bound, 50), pct(bound, 99)
+HEADER = (
+    f"{'backend':<9} {'case':<16} {'n':>4} {'p50':>8} {'p99':>8} {'bnd50':>8} {'bnd99':>8} "
+    f"{'r50':>6} {'r99':>6} | {'cpu50':>7} {'bcpu50':>7} {'rcpu':>6}"
+)
+
+
+def row(backend: str, case: str, xs: Samples, bound: Samples) -> str:
+    p50, p99, b50, b99 = (
+        pct(xs.wall, 50),
+        pct(xs.wall, 99),
+        pct(bound.wall, 50),
+        pct(bound.wall, 99),
+    )
+    c50, bc50 = pct(xs.cpu, 50), pct(bound.cpu, 50)
     return (
-        f"{backend:<9} {case:<16} {len(xs):>5} {p50:>9.2f} {p99:>9.2f} {b50:>9.2f} "
-        f"{b99:>9.2f} {p50 / b50:>7.1f}x {p99 / b99:>7.1f}x"
+        f"{backend:<9} {case:<16} {len(xs.wall):>4} {p50:>8.2f} {p99:>8.2f} {b50:>8.2f} "
+        f"{b99:>8.2f} {p50 / b50:>5.1f}x {p99 / b99:>5.1f}x | {c50:>7.2f} {bc50:>7.2f} "
+        f"{c50 / max(bc50, 1e-3):>5.1f}x"
     )
 
 
@@ -222,12 +256,10 @@ def main() -> int:
     backends = ["sqlite"] + (["postgres"] if args.pg_url else [])
     print(
         f"# {args.vms} VMs on {HOSTS} hosts; {args.rounds} page walks per case; "
-        f"python {sys.version.split()[0]}; times in ms"
+        f"python {sys.version.split()[0]}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
+        "times in ms (wall p50/p99, bound = raw SQL, r = ratio; cpu = this thread's CPU time)"
     )
-    print(
-        f"{'backend':<9} {'case':<16} {'n':>5} {'p50':>9} {'p99':>9} {'bound50':>9} "
-        f"{'bound99':>9} {'r50':>8} {'r99':>8}"
-    )
+    print(HEADER)
     for kind in backends:
         with backend_store(kind, args.pg_url) as store:
             t = time.perf_counter()
@@ -236,24 +268,24 @@ def main() -> int:
             for size in (100, 1000):
                 walk_repo(store, size, None)  # warm
                 walk_raw(store, size, None)
-                xs, bound = [], []
+                xs, bound = Samples(), Samples()
                 for _ in range(args.rounds):
                     xs += walk_repo(store, size, None)
                     bound += walk_raw(store, size, None)
                 print(row(kind, f"list/{size}", xs, bound), flush=True)
-            xs, bound = [], []
+            xs, bound = Samples(), Samples()
             for _ in range(args.rounds):
                 xs += walk_repo(store, 100, None, include_spec=False)
                 bound += walk_raw(store, 100, None)
             print(row(kind, "list/100/nospec", xs, bound), flush=True)
-            xs, bound = [], []
+            xs, bound = Samples(), Samples()
             for _ in range(args.rounds):
                 xs += walk_repo(store, 100, {"app": "app3"})
                 bound += walk_raw(store, 100, ("app", "app3"))
             print(row(kind, "list/label/100", xs, bound), flush=True)
             snapshot_repo(store)
-            xs = [timed(lambda: snapshot_repo(store)) for _ in range(args.snapshots)]
-            bound = [timed(lambda: snapshot_raw(store)) for _ in range(args.snapshots)]
+            xs = timed(lambda: snapshot_repo(store), args.snapshots)
+            bound = timed(lambda: snapshot_raw(store), args.snapshots)
             print(row(kind, "snapshot", xs, bound), flush=True)
     return 0
 

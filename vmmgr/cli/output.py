@@ -15,7 +15,8 @@ def to_dict(msg: Message) -> dict[str, Any]:
     return MessageToDict(msg, preserving_proto_field_name=True)
 
 
-def print_json(obj: Message | Sequence[Message] | dict[str, Any], out: TextIO = sys.stdout) -> None:
+def print_json(obj: Message | Sequence[Message] | dict[str, Any], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     if isinstance(obj, Message):
         data: Any = to_dict(obj)
     elif isinstance(obj, dict):
@@ -26,7 +27,10 @@ def print_json(obj: Message | Sequence[Message] | dict[str, Any], out: TextIO = 
     out.write("\n")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO = sys.stdout) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None
+) -> None:
+    out = out or sys.stdout
     cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
@@ -36,7 +40,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Text
             break
 
 
-def print_kv(pairs: Sequence[tuple[str, Any]], out: TextIO = sys.stdout) -> None:
+def print_kv(pairs: Sequence[tuple[str, Any]], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     width = max((len(k) for k, _ in pairs), default=0)
     for key, value in pairs:
         out.write(f"{key.ljust(width)}  {value}\n")
@@ -50,10 +55,10 @@ def enum_name(value: str, prefix: str) -> str:
 class ProgressBar:
     """A one-line progress bar on stderr while an Operation runs (only on a terminal)."""
 
-    def __init__(self, out: TextIO = sys.stderr, width: int = 30) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None, width: int = 30) -> None:
+        self.out = out or sys.stderr
         self.width = width
-        self.tty = out.isatty()
+        self.tty = self.out.isatty()
         self.last = ""
 
     def update(self, percent: float, message: str) -> None:
