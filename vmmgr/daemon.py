@@ -31,6 +31,7 @@ from vmmgr.ports import Hypervisor, ImageFiles
 from vmmgr.scheduler import Scheduler, SchedulerConfig
 from vmmgr.services.connections import ConnectionManager
 from vmmgr.services.events import EventBus, EventRecord
+from vmmgr.services.groups import GroupService
 from vmmgr.services.hosts import HostService
 from vmmgr.services.images import ImageService
 from vmmgr.services.operations import Operations
@@ -145,7 +146,8 @@ def build_core(config: Config, hypervisor: Hypervisor, image_files: ImageFiles) 
 def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="rpc"))
-    vm_pb2_grpc.add_VMServiceServicer_to_server(VMServicer(core.vms), server)
+    vm_pb2_grpc.add_VMServiceServicer_to_server(VMServicer(core.vms, GroupService(core.store)),
+                                                server)
     host_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(core.hosts, core.vms), server)
     image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(core.images), server)
     operation_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(core.ops), server)

@@ -34,14 +34,14 @@ class LocalDeviceAgent:
         self,
         host: str,
         *,
-        libvirt: str | Any = "qemu:///system",
+        libvirt_source: str | Any = "qemu:///system",
         sysfs_root: str | Path = "/",
         nvml: NvmlDriver | None = None,
         mdev_backend: MdevBackend | None = None,
         programmer: FpgaProgrammer | None = None,
     ) -> None:
         self.host = host
-        self._libvirt = libvirt  # URI or open connection
+        self._libvirt = libvirt_source  # URI, open virConnect, or a HostConnection
         self.sysfs = Sysfs(sysfs_root)
         self.nvml = nvml
         self.mdevs = MdevManager(mdev_backend or SysfsMdevBackend(sysfs_root))

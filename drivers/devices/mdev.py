@@ -20,7 +20,7 @@ import libvirt
 
 from drivers.devices.sysfs import Sysfs, write_sysfs_attr
 from vmmgr.devices.inventory import mdev_instance
-from vmmgr.devices.mdev import DeclaredMdev, MdevReconcile
+from vmmgr.devices.mdev import MdevReconcile
 from vmmgr.devices.model import MdevInstance, MdevRecord, PciAddress, normalise_address
 from vmmgr.devices.nodedev_xml import NodeDevice, mdev_define_xml
 from vmmgr.devices.ports import MdevBackend
@@ -194,11 +194,3 @@ class MdevManager:
             except (DriverError, FailedPrecondition, ResourceExhausted, AlreadyExists) as exc:
                 failed.append((d.uuid, str(exc)))
         return made, failed
-
-
-__all__ = [
-    "DeclaredMdev",
-    "LibvirtMdevBackend",
-    "MdevManager",
-    "SysfsMdevBackend",
-]

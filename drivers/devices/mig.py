@@ -95,9 +95,11 @@ class NvmlMig:
                     partial(self._recreate, handle, address, x.facts, ci_profiles),
                     f"recreate {x.facts.profile}@{x.facts.start}",
                 )
+            top = max(p.memory_mib for p in facts.profiles)
             ordered = sorted(create, key=lambda p: -by_name[p.profile.lower()].slices)
             for want in ordered:
-                gi = self._create(handle, address, by_name[want.profile.lower()], want.start)
+                spec = by_name[want.profile.lower()]
+                gi = self._create(handle, address, spec, want.start, top)
                 undo.push(
                     partial(self._destroy_instance, address, gi), f"destroy new {want.profile}"
                 )
@@ -105,13 +107,16 @@ class NvmlMig:
 
     # ------------------------------------------------------------------ steps
 
-    def _create(self, handle: Any, address: str, p: MigProfileFacts, start: int | None) -> Any:
+    def _create(
+        self, handle: Any, address: str, p: MigProfileFacts, start: int | None, top_mib: int
+    ) -> Any:
         what = f"create {p.name} on {address}"
         if start is None:
             return self._call(what, "nvmlDeviceCreateGpuInstance", handle, p.id)
         placement = self.nvml.c_nvmlGpuInstancePlacement_t()
         placement.start = start
-        placement.size = _profile_size(self.drv, handle, p)
+        # size in memory slices: relative to the largest profile, which spans all 8
+        placement.size = max(1, round(p.memory_mib * 8 / top_mib))
         return self._call(what, "nvmlDeviceCreateGpuInstanceWithPlacement", handle, p.id, placement)
 
     def _compute_instances(self, gi: Any) -> list[tuple[int, Any]]:
@@ -157,13 +162,6 @@ class NvmlMig:
         )
         for p in ci_profiles:
             self._call(f"recreate CI on {address}", "nvmlGpuInstanceCreateComputeInstance", gi, p)
-
-
-def _profile_size(drv: NvmlDriver, handle: Any, p: MigProfileFacts) -> int:
-    """Placement size in memory slices, from the largest profile's memory (8 slices)."""
-    facts = drv.mig_facts(handle)
-    top = max((x.memory_mib for x in facts.profiles), default=p.memory_mib) if facts else 0
-    return max(1, round(p.memory_mib * 8 / top)) if top else 1
 
 
 def _match(

@@ -80,7 +80,7 @@ def test_create_get_list_lifecycle_delete(daemon: Daemon) -> None:
 
 def test_create_without_start_leaves_it_stopped(daemon: Daemon) -> None:
     op = create(daemon, spec(start=False))
-    assert op.result["state"] == "stopped"
+    assert op.result["vm_state"] == "stopped"
     vm = daemon.vms.GetVM(vm_pb2.GetVMRequest(vm="vm1")).vm
     assert vm.state == vm_pb2.VM_STATE_STOPPED
 
@@ -253,3 +253,23 @@ def test_host_registration_errors(daemon: Daemon, tmp_path: Path) -> None:
     )
     host = h.GetHost(host_pb2.GetHostRequest(name="t1")).host
     assert (host.cpus, host.vm_count, host.used_vcpus) == (8, 1, 1)
+
+
+def test_anti_affinity_group_is_enforced(daemon: Daemon) -> None:
+    daemon.vms.CreatePlacementGroup(vm_pb2.CreatePlacementGroupRequest(
+        group=vm_pb2.PlacementGroup(name="spread", policy="anti-affinity", hard=True)))
+    assert create(daemon, spec(name="a", groups=["spread"])).state == SUCCEEDED
+    got, details = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest(
+        spec=spec(name="b", groups=["spread"])))
+    assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and "affinity" in details
+    got, details = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest(
+        spec=spec(name="c", groups=["nope"])))
+    assert got == grpc.StatusCode.NOT_FOUND and "spec.groups[0]" in details
+    groups = daemon.vms.ListPlacementGroups(vm_pb2.ListPlacementGroupsRequest()).groups
+    assert [(g.name, len(g.members)) for g in groups] == [("spread", 1)]
+    got, _ = code_of(daemon.vms.DeletePlacementGroup,
+                     vm_pb2.DeletePlacementGroupRequest(name="spread"))
+    assert got == grpc.StatusCode.FAILED_PRECONDITION
+    got, details = code_of(daemon.vms.CreatePlacementGroup, vm_pb2.CreatePlacementGroupRequest(
+        group=vm_pb2.PlacementGroup(name="x", policy="sideways")))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT and "group.policy" in details

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from drivers.devices.agent_local import LocalDeviceAgent
-from drivers.devices.nvml import NvmlDriver
 from drivers.devices.mdev import SysfsMdevBackend
+from drivers.devices.nvml import NvmlDriver
 from tests.fixtures.gpu_host import GPU_HOST_XML
 from tests.fixtures.nvml import FakeGpu, FakeNvml
 from tests.fixtures.sysfs import FakeSysfs, gpu_host_sysfs
@@ -45,7 +45,7 @@ def agent(fs: FakeSysfs, fake: FakeNvml | None) -> LocalDeviceAgent:
         nvml.open()
     return LocalDeviceAgent(
         "gpu1",
-        libvirt=URI,
+        libvirt_source=URI,
         sysfs_root=fs.root,
         nvml=nvml,
         mdev_backend=SysfsMdevBackend(fs.root, write=fs.write),
@@ -112,7 +112,13 @@ def test_program_fpga_through_the_agent(fs: FakeSysfs, tmp_path: Path) -> None:
     )
     a = agent(fs, None)
     result = a.program_fpga("af:00.0", profile)
-    assert (tmp_path / "ran").read_text().split() == ["program", "-d", "0000:af:00.0", "-u", str(bit)]
+    assert (tmp_path / "ran").read_text().split() == [
+        "program",
+        "-d",
+        "0000:af:00.0",
+        "-u",
+        str(bit),
+    ]
     assert result.device == "0000:af:00.0"
     with pytest.raises(NotFound):
         a.program_fpga("0000:ee:00.0", profile)

@@ -135,7 +135,9 @@ def test_fpga_by_name_and_from_placement_request() -> None:
         PlacementRequest(vm_id="vm1", vcpus=2, memory_mib=1024, fpga_model="alveo-u250")
     )
     c = choose_devices(gpu_host_snap(), req, vm_id="vm1")
-    assert c.passthrough[0].address == "0000:af:00.0" and c.passthrough[0].original_driver == "xclmgmt"
+    assert (
+        c.passthrough[0].address == "0000:af:00.0" and c.passthrough[0].original_driver == "xclmgmt"
+    )
 
 
 def test_vgpus_count_against_available_instances_and_pack() -> None:
@@ -172,7 +174,9 @@ def test_whole_gpu_and_vgpu_exclude_each_other() -> None:
     with pytest.raises(FailedPrecondition) as err:
         choose_devices(v, DeviceRequest(addresses=("0000:d8:00.0",)), vm_id="b")
     assert "vGPU" in str(err.value)
-    w = apply_claims(host, choose_devices(host, DeviceRequest(addresses=("0000:d8:00.0",)), vm_id="a"))
+    w = apply_claims(
+        host, choose_devices(host, DeviceRequest(addresses=("0000:d8:00.0",)), vm_id="a")
+    )
     with pytest.raises(ResourceExhausted):
         choose_devices(w, DeviceRequest(vgpu_type="nvidia-470"), vm_id="b")
 

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.gpu_host import gpu_host_inventory, gpu_host_snap
-from vmmgr.devices.claims import ClaimSet, DeviceRequest, apply_claims, choose_devices, release_claims
+from vmmgr.devices.claims import (
+    ClaimSet,
+    DeviceRequest,
+    apply_claims,
+    choose_devices,
+    release_claims,
+)
 from vmmgr.devices.model import GpuFacts, MigFacts, MigProfileFacts
 from vmmgr.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from vmmgr.snapshot import GpuRequest, HostSnap
@@ -51,7 +57,9 @@ requests = st.one_of(
     st.builds(
         lambda a: DeviceRequest(addresses=tuple(a)),
         st.lists(
-            st.sampled_from(["0000:3b:00.0", "0000:86:00.0", "0000:87:00.0", "0000:b1:00.1", "0000:d8:00.0"]),
+            st.sampled_from(
+                ["0000:3b:00.0", "0000:86:00.0", "0000:87:00.0", "0000:b1:00.1", "0000:d8:00.0"]
+            ),
             min_size=1,
             max_size=2,
             unique=True,
@@ -71,7 +79,11 @@ def _check(host: HostSnap, held: list[ClaimSet]) -> None:
     for d in host.devices:
         if d.claimed_by is not None:
             # whole devices: the IOMMU group goes as one, to one VM
-            mates = [x for x in host.devices if x.iommu_group == d.iommu_group and x.iommu_group is not None]
+            mates = [
+                x
+                for x in host.devices
+                if x.iommu_group == d.iommu_group and x.iommu_group is not None
+            ]
             assert {x.claimed_by for x in mates} == {d.claimed_by}
             assert vgpu[d.id] == 0 and not (d.mig and d.mig.claimed)
         for t in d.mdev_types:

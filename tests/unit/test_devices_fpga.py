@@ -47,7 +47,10 @@ def test_render_is_per_argument() -> None:
     argv = render_argv(["xbutil", "program", "-d", "{device}", "-u", "{bitstream}"], values)
     assert argv == ["xbutil", "program", "-d", "0000:3b:00.0", "-u", "/lib/firmware/a b.xclbin"]
     assert render_argv(["fpgaconf", "-B", "{bus}", "--x={domain}:{slot}.{function}"], values) == [
-        "fpgaconf", "-B", "0x3b", "--x=0x0000:0x00.0"
+        "fpgaconf",
+        "-B",
+        "0x3b",
+        "--x=0x0000:0x00.0",
     ]
     with pytest.raises(InvalidArgument) as err:
         render_argv(["tool", "{device.__class__}"], values)
@@ -68,7 +71,9 @@ def test_profile_validation() -> None:
 
 
 def test_programs_with_a_real_command(tool: Path, bitstream: Path, tmp_path: Path) -> None:
-    profile = FpgaProfile("u250-xdma", str(bitstream), sha(bitstream), (str(tool), "-B", "{bus}", "{bitstream}"))
+    profile = FpgaProfile(
+        "u250-xdma", str(bitstream), sha(bitstream), (str(tool), "-B", "{bus}", "{bitstream}")
+    )
     result = FpgaProgrammer().program("0000:af:00.0", profile)
     assert result.bitstream_sha256 == sha(bitstream)
     assert result.argv == (str(tool), "-B", "0xaf", str(bitstream))

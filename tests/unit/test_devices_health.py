@@ -34,13 +34,18 @@ def test_recorded_gpu_is_healthy_and_unknowns_never_taint() -> None:
     health, reasons, events = evaluate_health(DeviceHealth.UNKNOWN, OK, device_id=DEV)
     assert (health, reasons, events) == (DeviceHealth.HEALTHY, (), ())
     unknown = GpuFacts(index=0, address="0000:3b:00.0")  # every field None
-    assert evaluate_health(DeviceHealth.HEALTHY, unknown, device_id=DEV).health is DeviceHealth.HEALTHY
+    assert (
+        evaluate_health(DeviceHealth.HEALTHY, unknown, device_id=DEV).health is DeviceHealth.HEALTHY
+    )
 
 
 def test_each_problem_taints_with_its_reason() -> None:
     cases = {
         "ecc": (replace(OK, ecc_uncorrected_volatile=3), "uncorrected ECC errors: 3 (volatile)"),
-        "pending": (replace(OK, remapped_rows=RemappedRows(0, 1, True, False)), REASON_REMAP_PENDING),
+        "pending": (
+            replace(OK, remapped_rows=RemappedRows(0, 1, True, False)),
+            REASON_REMAP_PENDING,
+        ),
         "failed": (replace(OK, remapped_rows=RemappedRows(0, 1, False, True)), REASON_REMAP_FAILED),
         "pages": (replace(OK, retired_pages_pending=True), REASON_PAGES_PENDING),
         "lost": (replace(OK, lost=True, ecc_uncorrected_volatile=None), REASON_LOST),
@@ -49,12 +54,16 @@ def test_each_problem_taints_with_its_reason() -> None:
         health, reasons, events = evaluate_health(DeviceHealth.HEALTHY, facts, device_id=DEV)
         assert health is DeviceHealth.TAINTED, name
         assert reasons == (reason,), name
-        assert [(e.kind, e.device_id, e.reasons) for e in events] == [(DEVICE_TAINTED, DEV, (reason,))]
+        assert [(e.kind, e.device_id, e.reasons) for e in events] == [
+            (DEVICE_TAINTED, DEV, (reason,))
+        ]
 
 
 def test_remapped_uncorrectable_rows_alone_are_fine() -> None:
     facts = replace(OK, remapped_rows=RemappedRows(5, 2, False, False))
-    assert evaluate_health(DeviceHealth.HEALTHY, facts, device_id=DEV).health is DeviceHealth.HEALTHY
+    assert (
+        evaluate_health(DeviceHealth.HEALTHY, facts, device_id=DEV).health is DeviceHealth.HEALTHY
+    )
 
 
 def test_missing_device_taints_and_comes_back() -> None:
@@ -86,7 +95,9 @@ def test_recovery_from_facts_and_no_repeat_events() -> None:
     worse = replace(bad, remapped_rows=RemappedRows(0, 1, True, False))
     changed = evaluate_health(first.health, worse, device_id=DEV, previous_reasons=first.reasons)
     assert changed.events[0].kind == DEVICE_TAINTED and len(changed.reasons) == 2
-    healed = evaluate_health(DeviceHealth.TAINTED, OK, device_id=DEV, previous_reasons=first.reasons)
+    healed = evaluate_health(
+        DeviceHealth.TAINTED, OK, device_id=DEV, previous_reasons=first.reasons
+    )
     assert healed.health is DeviceHealth.HEALTHY and healed.events[0].kind == DEVICE_RECOVERED
 
 

@@ -54,14 +54,20 @@ def test_sysfs_fills_only_what_libvirt_lacks() -> None:
     assert d.mdev_types[0].max_instances == 20
     assert d.model == "H100-80GB"
     # libvirt's own values win over sysfs.
-    inv2 = gpu_host_inventory(sysfs={"0000:3b:00.0": replace(extra, numa_node=1, driver="vfio-pci")})
+    inv2 = gpu_host_inventory(
+        sysfs={"0000:3b:00.0": replace(extra, numa_node=1, driver="vfio-pci")}
+    )
     d2 = inv2.device("0000:3b:00.0")
     assert d2 is not None and (d2.numa_node, d2.driver) == (0, "nvidia")
 
 
 def test_unknown_capabilities_are_skipped() -> None:
     inv = inventory_from_xml(
-        "h", ["<device><name>net_eth0</name><capability type='net'><interface>eth0</interface></capability></device>"]
+        "h",
+        [
+            "<device><name>net_eth0</name><capability type='net'>"
+            "<interface>eth0</interface></capability></device>"
+        ],
     )
     assert inv.devices == () and inv.mdevs == ()
 
@@ -92,7 +98,10 @@ def test_snapshot_carries_health_claims_and_mig() -> None:
             MigProfileFacts(0, 19, "1g.10gb", 1, 9984, 7),
             MigProfileFacts(4, 0, "7g.80gb", 7, 81152, 1),
         ),
-        instances=(MigInstanceFacts(1, 19, "1g.10gb", 0, 1), MigInstanceFacts(2, 19, "1g.10gb", 1, 1)),
+        instances=(
+            MigInstanceFacts(1, 19, "1g.10gb", 0, 1),
+            MigInstanceFacts(2, 19, "1g.10gb", 1, 1),
+        ),
     )
     facts = GpuFacts(index=0, address="0000:3b:00.0", utilization_gpu_pct=40, mig=mig)
     inv = gpu_host_inventory(gpus=[facts])

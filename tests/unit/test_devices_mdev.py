@@ -43,7 +43,9 @@ def test_sysfs_reader_sees_the_tree(fs: FakeSysfs) -> None:
     assert (f.driver, f.numa_node, f.iommu_group) == ("nvidia", 0, 40)
     assert dict(f.mdev_max_instances) == {"nvidia-700": 20, "nvidia-701": 10, "nvidia-702": 4}
     pf = s.pci_facts("0000:b1:00.0")
-    assert pf is not None and pf.virtfns == ("0000:b1:00.1", "0000:b1:00.2") and pf.sriov_totalvfs == 2
+    assert (
+        pf is not None and pf.virtfns == ("0000:b1:00.1", "0000:b1:00.2") and pf.sriov_totalvfs == 2
+    )
     vf = s.pci_facts("0000:b1:00.2")
     assert vf is not None and vf.physfn == "0000:b1:00.0"
     l4 = s.pci_facts("0000:86:00.0")
@@ -56,7 +58,11 @@ def test_sysfs_reader_sees_the_tree(fs: FakeSysfs) -> None:
 def test_create_and_remove_through_sysfs(fs: FakeSysfs, mgr: MdevManager) -> None:
     rec = mgr.create(A100, "nvidia-700", UUID, parent_driver="nvidia")
     assert (rec.uuid, rec.parent, rec.type_id, rec.via, rec.parent_driver) == (
-        UUID, A100, "nvidia-700", "sysfs", "nvidia"
+        UUID,
+        A100,
+        "nvidia-700",
+        "sysfs",
+        "nvidia",
     )
     assert not rec.persistent
     assert fs.available(A100, "nvidia-700") == 18
@@ -126,7 +132,9 @@ def test_create_define_start_undoes_as_a_whole(fs: FakeSysfs, mgr: MdevManager) 
 
 def test_reconcile_after_reboot_and_recreate(fs: FakeSysfs, mgr: MdevManager) -> None:
     lost = DeclaredMdev(UUID, A100, "nvidia-700", vm_id="vm-1")
-    transient = DeclaredMdev("1c8f2a70-6b1e-4b7e-9d1c-9f6b9a4e2b11", A100, "nvidia-700", persistent=False)
+    transient = DeclaredMdev(
+        "1c8f2a70-6b1e-4b7e-9d1c-9f6b9a4e2b11", A100, "nvidia-700", persistent=False
+    )
     wrong = DeclaredMdev(EXISTING_MDEV, A100, "nvidia-701")
     plan = reconcile_mdevs([lost, transient, wrong], Sysfs(fs.root).mdevs())
     assert plan.recreate == (lost,)

@@ -99,7 +99,11 @@ def test_build_pci_capability_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "xml",
-    ["<device><name>x</name>", "<domain/>", '<!DOCTYPE d [<!ENTITY e SYSTEM "file:///etc/passwd">]><device><name>&e;</name></device>'],
+    [
+        "<device><name>x</name>",
+        "<domain/>",
+        '<!DOCTYPE d [<!ENTITY e SYSTEM "file:///etc/passwd">]><device><name>&e;</name></device>',
+    ],
 )
 def test_bad_xml_is_invalid_argument(xml: str) -> None:
     try:

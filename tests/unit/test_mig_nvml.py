@@ -28,9 +28,13 @@ def open_mig(fake: FakeNvml) -> NvmlMig:
 
 def test_apply_creates_the_planned_instances() -> None:
     mig = open_mig(mig_enabled())
-    f = mig.apply(GPU, [MigPlacement("3g.40gb", 4), MigPlacement("2g.20gb", 0), MigPlacement("1g.10gb", 2)])
+    f = mig.apply(
+        GPU, [MigPlacement("3g.40gb", 4), MigPlacement("2g.20gb", 0), MigPlacement("1g.10gb", 2)]
+    )
     assert geometry(f) == [("1g.10gb", 2), ("2g.20gb", 0), ("3g.40gb", 4)]
-    specs = profile_specs([MigProfileSnap(p.name, p.slices, p.memory_mib, p.max_instances) for p in f.profiles])
+    specs = profile_specs(
+        [MigProfileSnap(p.name, p.slices, p.memory_mib, p.max_instances) for p in f.profiles]
+    )
     validate_geometry(specs, geometry(f))
     assert {i.size for i in f.instances if i.profile == "3g.40gb"} == {4}
 

@@ -154,7 +154,9 @@ def test_plan_reshapes_an_idle_gpu_but_not_a_busy_one() -> None:
 
 
 def test_unservable_demands_say_why() -> None:
-    plan = plan_geometry([gpu("g0")], [MigDemand("x", "9g.90gb"), MigDemand("y", min_memory_mib=10**6)])
+    plan = plan_geometry(
+        [gpu("g0")], [MigDemand("x", "9g.90gb"), MigDemand("y", min_memory_mib=10**6)]
+    )
     assert [u.demand_id for u in plan.unplaced] == ["x", "y"]
     assert "no MIG-enabled GPU offers" in plan.unplaced[0].reason
     off = MigGpu("g0", SPECS, enabled=False)
@@ -232,9 +234,7 @@ def test_single_gpu_plan_is_optimal(names: list[str]) -> None:
 )
 def test_plans_are_valid_and_honest(batches: list[list[str]], held: list[str], idle: bool) -> None:
     # a GPU that already carries (some claimed) instances, plus empty ones
-    base = next(
-        (g for g in all_geometries(SPECS) if Counter(n for n, _ in g) == Counter(held)), ()
-    )
+    base = next((g for g in all_geometries(SPECS) if Counter(n for n, _ in g) == Counter(held)), ())
     first = tuple(
         PlacedInstance(s, n, claimed_by="vm" if i % 2 == 0 else None)
         for i, (n, s) in enumerate(base)
@@ -267,5 +267,7 @@ def test_plans_are_valid_and_honest(batches: list[list[str]], held: list[str], i
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 21))
 def test_small_slices_fill_every_gpu(n: int) -> None:
-    plan = plan_geometry([gpu(f"g{i}") for i in range(3)], [MigDemand(f"d{i}", "1g.10gb") for i in range(n)])
+    plan = plan_geometry(
+        [gpu(f"g{i}") for i in range(3)], [MigDemand(f"d{i}", "1g.10gb") for i in range(n)]
+    )
     assert len(plan.assignments) == n and plan.unplaced == ()

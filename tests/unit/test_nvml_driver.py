@@ -17,7 +17,12 @@ from tests.fixtures.nvml import (
     recorded_h100,
     vgpu_host,
 )
-from vmmgr.devices.health import REASON_LOST, REASON_REMAP_FAILED, REASON_REMAP_PENDING, gpu_problems
+from vmmgr.devices.health import (
+    REASON_LOST,
+    REASON_REMAP_FAILED,
+    REASON_REMAP_PENDING,
+    gpu_problems,
+)
 from vmmgr.devices.model import RemappedRows
 from vmmgr.errors import NotFound
 

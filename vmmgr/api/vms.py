@@ -7,6 +7,7 @@ import grpc
 from vmmgr.api import convert
 from vmmgr.api.errors import servicer
 from vmmgr.errors import InvalidArgument, Unimplemented
+from vmmgr.services.groups import GroupService
 from vmmgr.services.vms import VMService
 from vmmgr.v1 import vm_pb2, vm_pb2_grpc
 
@@ -25,9 +26,9 @@ def parse_selectors(selectors: list[str]) -> dict[str, str]:
 
 @servicer
 class VMServicer(vm_pb2_grpc.VMServiceServicer):
-    def __init__(self, vms: VMService, migrations: object | None = None) -> None:
+    def __init__(self, vms: VMService, groups: GroupService) -> None:
         self.vms = vms
-        self.migrations = migrations
+        self.groups = groups
 
     def _vm(self, row: object) -> vm_pb2.VM:
         from vmmgr.state.models import VM
@@ -95,12 +96,18 @@ class VMServicer(vm_pb2_grpc.VMServiceServicer):
 
     def CreatePlacementGroup(self, request: vm_pb2.CreatePlacementGroupRequest,
                              context: Ctx) -> vm_pb2.CreatePlacementGroupResponse:
-        raise Unimplemented("placement groups are planned (issue 4)")
+        g = request.group
+        row = self.groups.create(g.name, g.policy or "anti-affinity", g.hard)
+        return vm_pb2.CreatePlacementGroupResponse(group=vm_pb2.PlacementGroup(
+            name=row.name, policy=row.policy, hard=row.hard))
 
     def ListPlacementGroups(self, request: vm_pb2.ListPlacementGroupsRequest,
                             context: Ctx) -> vm_pb2.ListPlacementGroupsResponse:
-        raise Unimplemented("placement groups are planned (issue 4)")
+        return vm_pb2.ListPlacementGroupsResponse(groups=[
+            vm_pb2.PlacementGroup(name=g.name, policy=g.policy, hard=g.hard, members=members)
+            for g, members in self.groups.list()])
 
     def DeletePlacementGroup(self, request: vm_pb2.DeletePlacementGroupRequest,
                              context: Ctx) -> vm_pb2.DeletePlacementGroupResponse:
-        raise Unimplemented("placement groups are planned (issue 4)")
+        self.groups.delete(request.name)
+        return vm_pb2.DeletePlacementGroupResponse()

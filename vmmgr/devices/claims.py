@@ -18,7 +18,7 @@ device, a shared group -> FailedPrecondition; a count the host cannot meet -> Re
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vmmgr.devices.catalog import ModelQuery, known_models, parse_model
@@ -563,13 +563,3 @@ def release_claims(host: HostSnap, claims: ClaimSet) -> HostSnap:
             d = replace(d, mig=replace(d.mig, claimed=tuple(sorted(left_claims.elements()))))
         devices.append(d)
     return replace(host, devices=tuple(devices))
-
-
-def model_counts(devices: Iterable[DeviceSnap], kind: DeviceKind) -> dict[str, int]:
-    """Free whole devices per model (for messages and capacity views)."""
-    c: Counter[str] = Counter(
-        d.model
-        for d in devices
-        if d.kind is kind and d.claimed_by is None and d.health is not DeviceHealth.TAINTED
-    )
-    return dict(c)

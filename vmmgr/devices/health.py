@@ -100,7 +100,8 @@ def evaluate_host_health(
     """Health of every accelerator of a host, keyed by device id ("<host>/<address>").
 
     Devices known before (keys of ``previous`` on this host) but absent from the scan come out
-    tainted as missing; NVML facts of GPUs libvirt no longer lists count as GPU-lost evidence.
+    tainted as missing. A lost GPU NVML cannot even name (no PCI address) cannot be matched to
+    a device and is left to the agent's own report.
     """
     old_reasons = previous_reasons or {}
     out: dict[str, HealthResult] = {}

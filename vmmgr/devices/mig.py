@@ -360,6 +360,7 @@ def _table(specs: tuple[MigProfileSpec, ...], keep: Geometry, compute: int) -> t
 
 def _score(
     specs: tuple[MigProfileSpec, ...],
+    index: dict[str, int],
     row: _Row,
     claimed: tuple[int, ...],
     existing: frozenset[tuple[str, int]],
@@ -367,7 +368,6 @@ def _score(
 ) -> tuple[int, int, int, int] | None:
     """(served compute, served count, -stranded, -changes); None if the geometry would
     create instances no demand asked for."""
-    index = {s.name: i for i, s in enumerate(specs)}
     kept = row.placements & existing
     reused = [0] * len(specs)
     for name, _ in kept:
@@ -406,10 +406,11 @@ def _plan_one(
     held_counts = tuple(held[s.name] for s in specs)
     have = frozenset(existing)
     best_geo: Geometry = tuple(sorted(existing.elements()))
-    best = _score(specs, _row(specs, best_geo, gpu.compute), held_counts, have, want)
+    index = {s.name: i for i, s in enumerate(specs)}
+    best = _score(specs, index, _row(specs, best_geo, gpu.compute), held_counts, have, want)
     if wanted:
         for row in _table(specs, keep, gpu.compute):
-            score = _score(specs, row, held_counts, have, want)
+            score = _score(specs, index, row, held_counts, have, want)
             if score is not None and (best is None or score > best):
                 best, best_geo = score, row.geometry
     # Hand out the unclaimed instances: existing ones first, then the ones to create.

@@ -40,8 +40,8 @@ from vmmgr.services.events import EventBus
 from vmmgr.services.images import ImageService
 from vmmgr.services.operations import OperationContext, Operations
 from vmmgr.snapshot import PlacementRequest
-from vmmgr.state import Store
-from vmmgr.state.models import VM, Operation, PowerState, VMState, Volume, VolumeKind
+from vmmgr.state import Store, repo
+from vmmgr.state.models import VM, Operation, PlacementGroup, PowerState, VMState, Volume, VolumeKind
 from vmmgr.state.repo import hosts as host_repo
 from vmmgr.state.repo import vms as vm_repo
 from vmmgr.state.repo import volumes as volume_repo
@@ -158,6 +158,11 @@ class VMService:
                 return prior
         for i, disk in enumerate(req.disks):
             self.images.get(disk.image, field=f"spec.disks[{i}].image")
+        with self.store.read_session() as s:
+            for i, group in enumerate(req.groups):
+                if s.get(PlacementGroup, group) is None:
+                    raise NotFound(f"placement group {group!r} not found",
+                                   field=f"spec.groups[{i}]")
         vm_id = str(uuid.uuid4())
         with self._place_lock:
             with self.store.read_session() as s:
@@ -186,6 +191,8 @@ class VMService:
                     desired_power=(PowerState.RUNNING if req.start else PowerState.STOPPED).value,
                     state=VMState.CREATING.value, labels=dict(req.labels), ha=req.ha,
                     ha_priority=req.ha_priority, domain_uuid=vm_id))
+                if req.groups:
+                    repo.set_vm_groups(s, vm_id, req.groups)
                 op = self.ops.record(s, "vm.create", vm_id, request_id=request_id,
                                      message=f"placed on {host}")
         return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host))
@@ -239,7 +246,7 @@ class VMService:
             raise
         self.events.publish("vm.created", vm_id, f"vm {vm.name} created on {host}",
                             name=vm.name, host=host, state=state.value)
-        return {"vm_id": vm_id, "host": host, "state": state.value}
+        return {"vm_id": vm_id, "host": host, "vm_state": state.value}
 
     def _volume(self, conn: HostConnection, undo: UndoStack, vm_id: str, host: str,
                 kind: VolumeKind, create: Callable[[], VolumeInfo]) -> VolumeInfo:
