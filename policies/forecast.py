@@ -65,10 +65,11 @@ def _grid(seasonal: bool) -> np.ndarray:
 
 
 def _run(
-    y: np.ndarray, m: int, grid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Filter series ``y`` (S x T) for every grid row; returns SSE (G x S), level, trend (G x S)
-    and the last season (G x S x m; zeros when m == 0)."""
+    y: np.ndarray, m: int, grid: np.ndarray, origins: Sequence[int], horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Filter series ``y`` (S x T) for every grid row (G). Returns the one-step SSE (G x S), the
+    squared error of ``horizon``-step forecasts made at each of ``origins`` (G x S), and the final
+    level, trend (G x S) and season (G x S x m; one zero slot when m == 0)."""
     s_count, t_count = y.shape
     a, b, g, phi = (grid[:, i][:, None] for i in range(4))
     if m > 0:
@@ -83,7 +84,13 @@ def _run(
         season = np.zeros((len(grid), s_count, 1))
         start = 1
     sse = np.zeros((len(grid), s_count))
+    hold = np.zeros((len(grid), s_count))
+    wanted = set(origins)
     for t in range(start, t_count):
+        if t in wanted:
+            steps = min(horizon, t_count - t)
+            pred_h = _project(level, trend, season, grid[:, 3], m, t, steps)
+            hold += ((y[None, :, t : t + steps] - pred_h) ** 2).mean(axis=2)
         k = t % m if m > 0 else 0
         s_old = season[:, :, k]
         pred = level + phi * trend + s_old
@@ -94,27 +101,42 @@ def _run(
         level = new_level
         if m > 0:
             season[:, :, k] = g * (y[:, t][None, :] - level) + (1 - g) * s_old
-    return sse, level, trend, season
+    return sse, hold, level, trend, season
 
 
 def _project(
     level: np.ndarray, trend: np.ndarray, season: np.ndarray, phi: np.ndarray, m: int,
-    t_count: int, horizon: int,
+    t: int, horizon: int,
 ) -> np.ndarray:  # fmt: skip
-    """Forecasts (S x horizon) from the fitted state of each series."""
+    """Forecasts (... x horizon) of the points t .. t+horizon-1 from the state before point t;
+    ``level``/``trend`` have any leading shape, ``season`` that shape + (m,), ``phi`` the first
+    axis of it."""
     h = np.arange(1, horizon + 1)
-    damp = np.cumsum(phi[:, None] ** h[None, :], axis=1)  # S x H
-    out = level[:, None] + damp * trend[:, None]
+    extra = (1,) * (level.ndim - 1)
+    damp = np.cumsum(phi.reshape(phi.shape + extra + (1,)) ** h, axis=-1)
+    out = level[..., None] + damp * trend[..., None]
     if m > 0:
-        idx = (t_count + h - 1) % m  # the season slot each step lands on
-        out = out + season[:, idx]
+        out = out + season[..., (t + h - 1) % m]
     return np.asarray(out)
+
+
+def _origins(t_count: int, m: int, horizon: int) -> list[int]:
+    """Back-test origins for choosing parameters: up to three windows ending at the end."""
+    step = max(horizon, m // 2, 1)
+    earliest = 2 * m + max(m, 4) if m > 0 else 8
+    return [o for o in (t_count - horizon - j * step for j in range(3)) if o >= earliest]
+
+
+_CHUNK = 64  # series fitted together; bounds memory to grid x chunk x season
 
 
 def forecast_matrix(
     y: np.ndarray, horizon: int, season_length: int
 ) -> tuple[np.ndarray, str, list[HWParams | None]]:
-    """Forecast every row of ``y`` (S x T, equal lengths): (S x horizon, method, params)."""
+    """Forecast every row of ``y`` (S x T, equal lengths): (S x horizon, method, params).
+
+    Parameters are chosen per series by the error of ``horizon``-step forecasts back-tested on
+    the last windows of the history (one-step error when the history is too short for that)."""
     if horizon < 1:
         raise InvalidArgument("horizon", "must be at least 1")
     if season_length < 0:
@@ -125,12 +147,19 @@ def forecast_matrix(
         return np.repeat(last[:, None], horizon, axis=1), "last-value", [None] * s_count
     m = season_length if season_length >= 2 and t_count >= 2 * season_length + 1 else 0
     grid = _grid(m > 0)
-    sse, level, trend, season = _run(y, m, grid)
-    best = np.argmin(sse, axis=0)  # per series
-    cols = np.arange(s_count)
-    out = _project(level[best, cols], trend[best, cols], season[best, cols], grid[best, 3], m,
-                   t_count, horizon)  # fmt: skip
-    params: list[HWParams | None] = [HWParams(*(float(v) for v in grid[i])) for i in best]
+    origins = _origins(t_count, m, horizon)
+    out = np.empty((s_count, horizon))
+    params: list[HWParams | None] = []
+    for lo in range(0, s_count, _CHUNK):
+        part = y[lo : lo + _CHUNK]
+        sse, hold, level, trend, season = _run(part, m, grid, origins, horizon)
+        best = np.argmin(hold if origins else sse, axis=0)
+        cols = np.arange(part.shape[0])
+        out[lo : lo + part.shape[0]] = _project(
+            level[best, cols], trend[best, cols], season[best, cols], grid[best, 3], m,
+            t_count, horizon,
+        )  # fmt: skip
+        params += [HWParams(*(float(v) for v in grid[i])) for i in best]
     return out, "holt-winters" if m > 0 else "damped-trend", params
 
 

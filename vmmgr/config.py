@@ -9,6 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vmmgr.errors import InvalidArgument
+from vmmgr.scheduler.config import SchedulerConfig
+
 DEFAULT_CONFIG_FILE = Path("/etc/vmmgr/vmmgrd.toml")
 
 
@@ -30,15 +33,43 @@ class Config:
     shutdown_timeout_s: float = 60.0
     operation_workers: int = 4
     rpc_workers: int = 16
+    # placement (vmmgr/scheduler): overcommit ratios, spread or pack, weigher multipliers
+    cpu_ratio: float = 4.0
+    memory_ratio: float = 1.0
+    disk_ratio: float = 1.0
+    placement_strategy: str = "spread"
+    pool_strategies: list[str] = field(default_factory=list)  # "POOL=pack"
+    weigher_multipliers: list[str] = field(default_factory=list)  # "gpu_fragmentation=3"
     log_level: str = "INFO"
     log_json: bool = False
     # start-up conveniences for `make run`; both idempotent
     register_hosts: list[str] = field(default_factory=list)  # "name=uri"
     import_images: list[str] = field(default_factory=list)  # "name=path"
 
-    @property
-    def effective_db_url(self) -> str:
-        return self.db_url or f"sqlite:///{self.state_dir}/vmmgr.db"
+    def scheduler(self) -> SchedulerConfig:
+        """The scheduler's knobs; a bad value raises InvalidArgument naming the setting."""
+
+        def pairs(items: list[str], setting: str) -> dict[str, str]:
+            out = {}
+            for item in items:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise InvalidArgument(setting, f"{item!r}: expected NAME=VALUE")
+                out[key] = value
+            return out
+
+        try:
+            weights = {k: float(v) for k, v in
+                       pairs(self.weigher_multipliers, "weigher_multipliers").items()}
+        except ValueError as exc:
+            raise InvalidArgument("weigher_multipliers", str(exc)) from None
+        return SchedulerConfig(
+            cpu_ratio=self.cpu_ratio, memory_ratio=self.memory_ratio, disk_ratio=self.disk_ratio,
+            # SchedulerConfig checks these strings and names the bad knob
+            default_strategy=self.placement_strategy,  # type: ignore[arg-type]
+            pool_strategies=pairs(self.pool_strategies, "pool_strategies"),  # type: ignore[arg-type]
+            weigher_multipliers=weights,
+        )
 
 
 def _coerce(current: Any, raw: Any) -> Any:
@@ -56,13 +87,18 @@ def load(argv: list[str] | None = None) -> Config:
     parser.add_argument("--config", type=Path, default=None, help="TOML file")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.name in ("register_hosts", "import_images"):
+        if f.name in ("register_hosts", "import_images", "pool_strategies",
+                      "weigher_multipliers"):
             continue
         parser.add_argument(flag, dest=f.name, default=None)
     parser.add_argument("--register-host", dest="register_hosts", action="append",
                         metavar="NAME=URI")
     parser.add_argument("--import-image", dest="import_images", action="append",
                         metavar="NAME=PATH")
+    parser.add_argument("--pool-strategy", dest="pool_strategies", action="append",
+                        metavar="POOL=spread|pack")
+    parser.add_argument("--weigher", dest="weigher_multipliers", action="append",
+                        metavar="NAME=MULTIPLIER")
     args = parser.parse_args(argv)
 
     cfg = Config()

@@ -28,7 +28,7 @@ from vmmgr.config import Config
 from vmmgr.errors import AlreadyExists, Unavailable, VmmgrError
 from vmmgr.logs import setup_logging
 from vmmgr.ports import Hypervisor, ImageFiles
-from vmmgr.scheduler import Scheduler, SchedulerConfig
+from vmmgr.scheduler import Scheduler
 from vmmgr.services.connections import ConnectionManager
 from vmmgr.services.events import EventBus, EventRecord
 from vmmgr.services.groups import GroupService
@@ -138,7 +138,7 @@ def build_core(config: Config, hypervisor: Hypervisor, image_files: ImageFiles) 
     )
     hosts = HostService(store, conns, events, config)
     images = ImageService(store, conns, ops, events, image_files, config)
-    vms = VMService(store, conns, ops, events, images, Scheduler(SchedulerConfig()), config)
+    vms = VMService(store, conns, ops, events, images, Scheduler(config.scheduler()), config)
     holder.update(vms=vms, hosts=hosts)
     return Core(config, store, events, ops, conns, hosts, images, vms)
 

@@ -266,3 +266,33 @@ def test_release_is_the_inverse_of_apply() -> None:
     assert held != host
     assert release_claims(held, c) == host
     assert replace(c, vm_id="x").whole_device_ids == c.whole_device_ids
+
+
+def test_a_group_holding_another_model_is_not_split() -> None:
+    host = gpu_host_snap()
+    mixed = replace(
+        host,
+        devices=tuple(
+            replace(d, model="T4", product_id=0x1EB8) if d.address == "0000:87:00.0" else d
+            for d in host.devices
+        ),
+    )
+    with pytest.raises(FailedPrecondition) as err:
+        choose_devices(mixed, gpus("L4"), vm_id="vm1")
+    assert "0000:87:00.0 (T4)" in str(err.value)
+
+
+def test_bad_counts_and_numa_of_explicit_devices() -> None:
+    host = gpu_host_snap()
+    for req, field in (
+        (DeviceRequest(fpga_model="ALVEO-U250", fpga_count=0), "fpga_count"),
+        (DeviceRequest(vgpu_type="nvidia-470", vgpu_count=0), "vgpu_count"),
+        (DeviceRequest(mig_profile="1g.10gb", mig_count=-1), "mig_count"),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            choose_devices(host, req, vm_id="vm1")
+        assert err.value.field == field
+    with pytest.raises(FailedPrecondition) as numa:
+        choose_devices(host, DeviceRequest(addresses=("0000:af:00.0",), numa_node=0), vm_id="v")
+    assert "NUMA node 0" in str(numa.value) and numa.value.field == "addresses"
+    assert choose_devices(host, DeviceRequest(), vm_id="v").empty

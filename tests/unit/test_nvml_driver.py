@@ -24,7 +24,7 @@ from vmmgr.devices.health import (
     gpu_problems,
 )
 from vmmgr.devices.model import RemappedRows
-from vmmgr.errors import NotFound
+from vmmgr.errors import DriverError, NotFound
 
 
 def facts(fake: FakeNvml):  # type: ignore[no-untyped-def]
@@ -155,3 +155,25 @@ def test_handle_lookup() -> None:
         with pytest.raises(NotFound):
             drv.handle("0000:99:00.0")
     assert h100_with(processes=[4242]).gpus[0].processes == [4242]
+
+
+def test_device_count_failure_is_a_driver_error() -> None:
+    fake = recorded_h100()
+    fake.fail["nvmlDeviceGetCount"] = [pynvml.NVML_ERROR_UNKNOWN]
+    with NvmlDriver(fake) as drv, pytest.raises(DriverError, match="nvmlDeviceGetCount"):
+        drv.gpu_facts()
+
+
+def test_older_bindings_returning_bytes() -> None:
+    [f] = facts(h100_with(name=b"NVIDIA H100 80GB HBM3", uuid=b"GPU-067a4a85"))
+    assert f.name == "NVIDIA H100 80GB HBM3" and f.uuid == "GPU-067a4a85"
+
+
+def test_unreachable_handle_and_unknown_address() -> None:
+    fake = FakeNvml([FakeGpu(), FakeGpu(bus_id="00000000:3B:00.0")])
+    fake.fail["nvmlDeviceGetHandleByIndex"] = [pynvml.NVML_ERROR_GPU_IS_LOST]
+    with NvmlDriver(fake) as drv:
+        first, second = drv.gpu_facts()
+        assert first.lost and first.address == "" and second.address == "0000:3b:00.0"
+        with pytest.raises(NotFound):
+            drv.facts_for("0000:99:00.0")
