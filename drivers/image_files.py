@@ -27,5 +27,9 @@ class LocalImageFiles:
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
-        return ImageFacts(format=fmt, size_bytes=os.path.getsize(path),
-                          virtual_size_bytes=virtual_size(path), sha256=digest.hexdigest())
+        return ImageFacts(
+            format=fmt,
+            size_bytes=os.path.getsize(path),
+            virtual_size_bytes=virtual_size(path),
+            sha256=digest.hexdigest(),
+        )

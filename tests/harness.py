@@ -64,7 +64,8 @@ class Daemon:
     def wait(self, op: operation_pb2.Operation, timeout: float = 120) -> operation_pb2.Operation:
         resp = self.ops.WaitOperation(
             operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=timeout),
-            timeout=timeout + 10)
+            timeout=timeout + 10,
+        )
         assert resp.done, f"operation {op.id} did not finish in {timeout}s: {resp.operation}"
         return resp.operation
 
@@ -79,10 +80,15 @@ def test_config(tmp: Path, **overrides: object) -> Config:
     pools.mkdir(parents=True, exist_ok=True)
     for p in (POOL_ROOT, pools):
         p.chmod(0o755)
-    cfg = Config(state_dir=tmp / "state", image_pool=f"t{tag}-images",
-                 image_pool_path=str(pools / "images"), vm_pool=f"t{tag}-vms",
-                 vm_pool_path=str(pools / "vms"), resync_interval_s=3600,
-                 shutdown_timeout_s=10)
+    cfg = Config(
+        state_dir=tmp / "state",
+        image_pool=f"t{tag}-images",
+        image_pool_path=str(pools / "images"),
+        vm_pool=f"t{tag}-vms",
+        vm_pool_path=str(pools / "vms"),
+        resync_interval_s=3600,
+        shutdown_timeout_s=10,
+    )
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg

@@ -59,12 +59,16 @@ class Config:
             return out
 
         try:
-            weights = {k: float(v) for k, v in
-                       pairs(self.weigher_multipliers, "weigher_multipliers").items()}
+            weights = {
+                k: float(v)
+                for k, v in pairs(self.weigher_multipliers, "weigher_multipliers").items()
+            }
         except ValueError as exc:
             raise InvalidArgument("weigher_multipliers", str(exc)) from None
         return SchedulerConfig(
-            cpu_ratio=self.cpu_ratio, memory_ratio=self.memory_ratio, disk_ratio=self.disk_ratio,
+            cpu_ratio=self.cpu_ratio,
+            memory_ratio=self.memory_ratio,
+            disk_ratio=self.disk_ratio,
             # SchedulerConfig checks these strings and names the bad knob
             default_strategy=self.placement_strategy,  # type: ignore[arg-type]
             pool_strategies=pairs(self.pool_strategies, "pool_strategies"),  # type: ignore[arg-type]
@@ -87,18 +91,21 @@ def load(argv: list[str] | None = None) -> Config:
     parser.add_argument("--config", type=Path, default=None, help="TOML file")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.name in ("register_hosts", "import_images", "pool_strategies",
-                      "weigher_multipliers"):
+        if f.name in ("register_hosts", "import_images", "pool_strategies", "weigher_multipliers"):
             continue
         parser.add_argument(flag, dest=f.name, default=None)
-    parser.add_argument("--register-host", dest="register_hosts", action="append",
-                        metavar="NAME=URI")
-    parser.add_argument("--import-image", dest="import_images", action="append",
-                        metavar="NAME=PATH")
-    parser.add_argument("--pool-strategy", dest="pool_strategies", action="append",
-                        metavar="POOL=spread|pack")
-    parser.add_argument("--weigher", dest="weigher_multipliers", action="append",
-                        metavar="NAME=MULTIPLIER")
+    parser.add_argument(
+        "--register-host", dest="register_hosts", action="append", metavar="NAME=URI"
+    )
+    parser.add_argument(
+        "--import-image", dest="import_images", action="append", metavar="NAME=PATH"
+    )
+    parser.add_argument(
+        "--pool-strategy", dest="pool_strategies", action="append", metavar="POOL=spread|pack"
+    )
+    parser.add_argument(
+        "--weigher", dest="weigher_multipliers", action="append", metavar="NAME=MULTIPLIER"
+    )
     args = parser.parse_args(argv)
 
     cfg = Config()

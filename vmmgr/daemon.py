@@ -93,8 +93,14 @@ class Core:
         self.hosts.load()
         self.vms.recover_interrupted(self.ops.interrupted())
         self.resync()
-        self.jobs.add_job(self.resync, "interval", seconds=self.config.resync_interval_s,
-                          id="resync", max_instances=1, coalesce=True)
+        self.jobs.add_job(
+            self.resync,
+            "interval",
+            seconds=self.config.resync_interval_s,
+            id="resync",
+            max_instances=1,
+            coalesce=True,
+        )
         self.jobs.start()
 
     def resync(self) -> None:
@@ -122,9 +128,15 @@ def build_core(config: Config, hypervisor: Hypervisor, image_files: ImageFiles) 
 
     def persist(rec: EventRecord) -> int:
         with store.session() as s:
-            ev = repo.append_event(s, rec.kind, rec.resource, rec.message,
-                                   severity=rec.severity, attributes=rec.attributes,
-                                   time=rec.time)
+            ev = repo.append_event(
+                s,
+                rec.kind,
+                rec.resource,
+                rec.message,
+                severity=rec.severity,
+                attributes=rec.attributes,
+                time=rec.time,
+            )
             return int(ev.seq or 0)
 
     events = EventBus(persist)
@@ -144,31 +156,35 @@ def build_core(config: Config, hypervisor: Hypervisor, image_files: ImageFiles) 
 
 
 def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
-                                                    thread_name_prefix="rpc"))
-    vm_pb2_grpc.add_VMServiceServicer_to_server(VMServicer(core.vms, GroupService(core.store)),
-                                                server)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"))
+    vm_pb2_grpc.add_VMServiceServicer_to_server(
+        VMServicer(core.vms, GroupService(core.store)), server
+    )
     host_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(core.hosts, core.vms), server)
     image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(core.images), server)
     operation_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(core.ops), server)
-    event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(core.store, core.events),
-                                                      server)
+    event_pb2_grpc.add_EventServiceServicer_to_server(
+        EventServicer(core.store, core.events), server
+    )
     device_pb2_grpc.add_DeviceServiceServicer_to_server(
-        planned(device_pb2_grpc.DeviceServiceServicer, "the device inventory API (issue 3)"),
-        server)
+        planned(device_pb2_grpc.DeviceServiceServicer, "the device inventory API (issue 3)"), server
+    )
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-        planned(policy_pb2_grpc.PolicyServiceServicer, "periodic policies (issue 6)"), server)
+        planned(policy_pb2_grpc.PolicyServiceServicer, "periodic policies (issue 6)"), server
+    )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        planned(admin_pb2_grpc.AdminServiceServicer, "tokens, projects and audit (issue 7)"),
-        server)
+        planned(admin_pb2_grpc.AdminServiceServicer, "tokens, projects and audit (issue 7)"), server
+    )
     agent_pb2_grpc.add_HostAgentServiceServicer_to_server(
-        planned(agent_pb2_grpc.HostAgentServiceServicer, "the host agent (issue 3)"), server)
+        planned(agent_pb2_grpc.HostAgentServiceServicer, "the host agent (issue 3)"), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *SERVICE_NAMES]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
     port = server.add_insecure_port(listen)
     if port == 0:
         raise SystemExit(f"vmmgrd: cannot listen on {listen}")
@@ -187,7 +203,7 @@ def _startup_conveniences(core: Core) -> None:
             log.error("cannot register host %s (%s): %s", name, uri, exc)
     for item in core.config.import_images:
         name, _, path = item.partition("=")
-        if any(i.name == name for i in core.images.list()):
+        if any(i.name == name for i in core.images.list_images()):
             continue
         try:
             op = core.images.import_image(name, path)
@@ -203,14 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtHypervisor
     from drivers.image_files import LocalImageFiles
 
-    hypervisor = LibvirtHypervisor(LibvirtConfig(keepalive_interval_s=config.keepalive_interval_s,
-                                                 keepalive_count=config.keepalive_count))
+    hypervisor = LibvirtHypervisor(
+        LibvirtConfig(
+            keepalive_interval_s=config.keepalive_interval_s, keepalive_count=config.keepalive_count
+        )
+    )
     core = build_core(config, hypervisor, LocalImageFiles())
     core.start()
     server, port = build_server(core, config.listen, config.rpc_workers)
     server.start()
-    log.info("vmmgrd listening on %s (port %d), store %s", config.listen, port,
-             core.store.backend)
+    log.info("vmmgrd listening on %s (port %d), store %s", config.listen, port, core.store.backend)
     _startup_conveniences(core)
 
     stop = threading.Event()

@@ -204,6 +204,7 @@ def validate_vm_create(req: VmCreate, prefix: str = "spec") -> None:
         raise InvalidArgument(f"{prefix}.domain_type", "must be 'kvm', 'qemu' or empty")
     if req.watchdog not in WATCHDOG_ACTIONS:
         raise InvalidArgument(
-            f"{prefix}.watchdog", f"must be one of {', '.join(a or repr('') for a in WATCHDOG_ACTIONS)}"
+            f"{prefix}.watchdog",
+            f"must be one of {', '.join(a or repr('') for a in WATCHDOG_ACTIONS)}",
         )
     check_range(f"{prefix}.ha_priority", req.ha_priority, -1000, 1000)

@@ -50,7 +50,7 @@ class MdevTypeSnap:
 
 @dataclass(frozen=True, slots=True)
 class MigProfileSnap:
-    """One MIG GPU-instance profile a GPU supports (shaped from nvmlDeviceGetGpuInstanceProfileInfo)."""
+    """One MIG GPU-instance profile a GPU supports (as nvmlDeviceGetGpuInstanceProfileInfo tells)."""
 
     name: str  # "1g.10gb"
     slices: int  # compute slices it takes out of ``MigSnap.total_slices``

@@ -8,8 +8,8 @@ libvirt's test driver. Prints p50/p90 of both and their ratio (target <= 1.5x).
 from __future__ import annotations
 
 import argparse
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +26,16 @@ from drivers.hypervisor.libvirt.xml.builder import domain_xml_from_spec
 from drivers.hypervisor.libvirt.xml.capabilities import HostCapabilities
 from drivers.hypervisor.libvirt.xml.storage import BackingStore, StoragePool, StorageVolume
 from vmmgr.ports import DiskSpec, DomainSpec, NicSpec
-from vmmgr.v1 import host_pb2, host_pb2_grpc, image_pb2, image_pb2_grpc, operation_pb2
-from vmmgr.v1 import operation_pb2_grpc, vm_pb2, vm_pb2_grpc
+from vmmgr.v1 import (
+    host_pb2,
+    host_pb2_grpc,
+    image_pb2,
+    image_pb2_grpc,
+    operation_pb2,
+    operation_pb2_grpc,
+    vm_pb2,
+    vm_pb2_grpc,
+)
 
 NODE = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>64</cores><threads>2</threads>
 <active>128</active><mhz>2000</mhz><model>x86_64</model></cpu><memory>1073741824</memory></node>"""
@@ -35,34 +43,72 @@ NODE = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>64</cores><threa
 
 def direct_setup(uri: str, tmp: Path, base: Path) -> tuple[libvirt.virConnect, str, str]:
     conn = libvirt.open(uri)
-    pool = conn.storagePoolDefineXML(to_string(StoragePool(name="direct", target_path=str(tmp / "d"))
-                                               .build()), 0)
+    pool = conn.storagePoolDefineXML(
+        to_string(StoragePool(name="direct", target_path=str(tmp / "d")).build()), 0
+    )
     pool.create(0)
-    vol = pool.createXML(to_string(StorageVolume(name="base.qcow2",
-                                                 capacity_bytes=base.stat().st_size,
-                                                 format="qcow2").build()), 0)
+    vol = pool.createXML(
+        to_string(
+            StorageVolume(
+                name="base.qcow2", capacity_bytes=base.stat().st_size, format="qcow2"
+            ).build()
+        ),
+        0,
+    )
     return conn, vol.path(), "direct"
 
 
-def direct_create(conn: libvirt.virConnect, pool_name: str, base_path: str, n: int,
-                  caps: HostCapabilities, work: Path) -> None:
+def direct_create(
+    conn: libvirt.virConnect,
+    pool_name: str,
+    base_path: str,
+    n: int,
+    caps: HostCapabilities,
+    work: Path,
+) -> None:
     vm_id = str(uuid.uuid4())
     pool = conn.storagePoolLookupByName(pool_name)
-    overlay = pool.createXML(to_string(StorageVolume(
-        name=f"{vm_id}-disk0.qcow2", capacity_bytes=64 << 20, format="qcow2",
-        backing_store=BackingStore(path=base_path, format="qcow2")).build()), 0)
+    overlay = pool.createXML(
+        to_string(
+            StorageVolume(
+                name=f"{vm_id}-disk0.qcow2",
+                capacity_bytes=64 << 20,
+                format="qcow2",
+                backing_store=BackingStore(path=base_path, format="qcow2"),
+            ).build()
+        ),
+        0,
+    )
     d = work / vm_id
     d.mkdir()
     iso = Path(build_seed_iso(str(d), f'{{"instance-id": "{vm_id}"}}', "#cloud-config\n{}"))
-    seed = pool.createXML(to_string(StorageVolume(name=f"{vm_id}-seed.iso",
-                                                  capacity_bytes=iso.stat().st_size,
-                                                  format="raw").build()), 0)
-    spec = DomainSpec(vm_id=vm_id, name=f"direct-{n}", vcpus=1, memory_mib=256,
-                      domain_type="qemu",
-                      disks=(DiskSpec(path=overlay.path(), target="vda"),
-                             DiskSpec(path=seed.path(), target="sda", bus="sata",
-                                      device="cdrom", format="raw", readonly=True)),
-                      nics=(NicSpec(network=""),))
+    seed = pool.createXML(
+        to_string(
+            StorageVolume(
+                name=f"{vm_id}-seed.iso", capacity_bytes=iso.stat().st_size, format="raw"
+            ).build()
+        ),
+        0,
+    )
+    spec = DomainSpec(
+        vm_id=vm_id,
+        name=f"direct-{n}",
+        vcpus=1,
+        memory_mib=256,
+        domain_type="qemu",
+        disks=(
+            DiskSpec(path=overlay.path(), target="vda"),
+            DiskSpec(
+                path=seed.path(),
+                target="sda",
+                bus="sata",
+                device="cdrom",
+                format="raw",
+                readonly=True,
+            ),
+        ),
+        nics=(NicSpec(network=""),),
+    )
     dom = conn.defineXML(domain_xml_from_spec(spec, caps))
     dom.create()
 
@@ -81,17 +127,33 @@ def main() -> None:
     # vmmgrd runs as its own process, as in production; the direct calls run in this one.
     port = free_port()
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "vmmgr.daemon", "--listen", f"127.0.0.1:{port}",
-         "--state-dir", str(tmp / "state"), "--image-pool-path", str(tmp / "images"),
-         "--vm-pool-path", str(tmp / "vms"), "--resync-interval-s", "3600",
-         "--log-level", "WARNING"])
+        [
+            sys.executable,
+            "-m",
+            "vmmgr.daemon",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(tmp / "state"),
+            "--image-pool-path",
+            str(tmp / "images"),
+            "--vm-pool-path",
+            str(tmp / "vms"),
+            "--resync-interval-s",
+            "3600",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(ch).result(timeout=30)
     vms, ops = vm_pb2_grpc.VMServiceStub(ch), operation_pb2_grpc.OperationServiceStub(ch)
-    host_pb2_grpc.HostServiceStub(ch).RegisterHost(host_pb2.RegisterHostRequest(name="b",
-                                                                                uri=uri))
-    op = image_pb2_grpc.ImageServiceStub(ch).ImportImage(
-        image_pb2.ImportImageRequest(name="base", source_path=str(base))).operation
+    host_pb2_grpc.HostServiceStub(ch).RegisterHost(host_pb2.RegisterHostRequest(name="b", uri=uri))
+    op = (
+        image_pb2_grpc.ImageServiceStub(ch)
+        .ImportImage(image_pb2.ImportImageRequest(name="base", source_path=str(base)))
+        .operation
+    )
     ops.WaitOperation(operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60))
 
     dconn, base_path, pool_name = direct_setup(uri, tmp, base)
@@ -102,9 +164,17 @@ def main() -> None:
     via, direct = [], []
     for n in range(args.runs):
         t0 = time.perf_counter()
-        op = vms.CreateVM(vm_pb2.CreateVMRequest(spec=vm_pb2.VMSpec(
-            name=f"v{n}", vcpus=1, memory_mib=256, domain_type="qemu",
-            disks=[vm_pb2.DiskSpec(image="base")]))).operation
+        op = vms.CreateVM(
+            vm_pb2.CreateVMRequest(
+                spec=vm_pb2.VMSpec(
+                    name=f"v{n}",
+                    vcpus=1,
+                    memory_mib=256,
+                    domain_type="qemu",
+                    disks=[vm_pb2.DiskSpec(image="base")],
+                )
+            )
+        ).operation
         done = ops.WaitOperation(operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60))
         assert done.operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, done.operation
         via.append(time.perf_counter() - t0)
@@ -116,10 +186,14 @@ def main() -> None:
         return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
     print(f"create->running, {args.runs} runs each, libvirt test driver")
-    print(f"  vmmgr (gRPC + store + scheduler + undo): p50 {pct(via, .5):7.2f} ms  "
-          f"p90 {pct(via, .9):7.2f} ms")
-    print(f"  direct libvirt calls:                    p50 {pct(direct, .5):7.2f} ms  "
-          f"p90 {pct(direct, .9):7.2f} ms")
+    print(
+        f"  vmmgr (gRPC + store + scheduler + undo): p50 {pct(via, 0.5):7.2f} ms  "
+        f"p90 {pct(via, 0.9):7.2f} ms"
+    )
+    print(
+        f"  direct libvirt calls:                    p50 {pct(direct, 0.5):7.2f} ms  "
+        f"p90 {pct(direct, 0.9):7.2f} ms"
+    )
     ratio = statistics.median(via) / statistics.median(direct)
     print(f"  ratio vmmgr/direct (p50): {ratio:.2f}x  (target <= 1.5x)")
     ch.close()

@@ -256,20 +256,30 @@ def test_host_registration_errors(daemon: Daemon, tmp_path: Path) -> None:
 
 
 def test_anti_affinity_group_is_enforced(daemon: Daemon) -> None:
-    daemon.vms.CreatePlacementGroup(vm_pb2.CreatePlacementGroupRequest(
-        group=vm_pb2.PlacementGroup(name="spread", policy="anti-affinity", hard=True)))
+    daemon.vms.CreatePlacementGroup(
+        vm_pb2.CreatePlacementGroupRequest(
+            group=vm_pb2.PlacementGroup(name="spread", policy="anti-affinity", hard=True)
+        )
+    )
     assert create(daemon, spec(name="a", groups=["spread"])).state == SUCCEEDED
-    got, details = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest(
-        spec=spec(name="b", groups=["spread"])))
+    got, details = code_of(
+        daemon.vms.CreateVM, vm_pb2.CreateVMRequest(spec=spec(name="b", groups=["spread"]))
+    )
     assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and "affinity" in details
-    got, details = code_of(daemon.vms.CreateVM, vm_pb2.CreateVMRequest(
-        spec=spec(name="c", groups=["nope"])))
+    got, details = code_of(
+        daemon.vms.CreateVM, vm_pb2.CreateVMRequest(spec=spec(name="c", groups=["nope"]))
+    )
     assert got == grpc.StatusCode.NOT_FOUND and "spec.groups[0]" in details
     groups = daemon.vms.ListPlacementGroups(vm_pb2.ListPlacementGroupsRequest()).groups
     assert [(g.name, len(g.members)) for g in groups] == [("spread", 1)]
-    got, _ = code_of(daemon.vms.DeletePlacementGroup,
-                     vm_pb2.DeletePlacementGroupRequest(name="spread"))
+    got, _ = code_of(
+        daemon.vms.DeletePlacementGroup, vm_pb2.DeletePlacementGroupRequest(name="spread")
+    )
     assert got == grpc.StatusCode.FAILED_PRECONDITION
-    got, details = code_of(daemon.vms.CreatePlacementGroup, vm_pb2.CreatePlacementGroupRequest(
-        group=vm_pb2.PlacementGroup(name="x", policy="sideways")))
+    got, details = code_of(
+        daemon.vms.CreatePlacementGroup,
+        vm_pb2.CreatePlacementGroupRequest(
+            group=vm_pb2.PlacementGroup(name="x", policy="sideways")
+        ),
+    )
     assert got == grpc.StatusCode.INVALID_ARGUMENT and "group.policy" in details

@@ -41,16 +41,16 @@ def test_tour(daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert [v["spec"]["name"] for v in vms] == ["demo"] and vms[0]["state"] == "VM_STATE_RUNNING"
     rc, out, _ = run(daemon, capsys, "vm", "stop", "demo", "--timeout", "1")
     assert rc == 0 and "stopped" in out
-    rc, out, _ = run(daemon, capsys, "vm", "explain", "x", "--image", "tiny", "--memory",
-                     "9999999")
+    rc, out, _ = run(daemon, capsys, "vm", "explain", "x", "--image", "tiny", "--memory", "9999999")
     assert rc == 1 and "REJECTED" in out
     assert run(daemon, capsys, "vm", "delete", "demo")[0] == 0
     rc, out, _ = run(daemon, capsys, "events", "list")
     assert "vm.deleted" in out
 
 
-def test_errors_are_readable_and_exit_non_zero(daemon: Daemon,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_readable_and_exit_non_zero(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, _, err = run(daemon, capsys, "vm", "get", "nope")
     assert rc == 1 and err.startswith("vmmgr: NOT_FOUND:")
     rc, _, err = run(daemon, capsys, "vm", "create", "Bad_Name", "--image", "x")

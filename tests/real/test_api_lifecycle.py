@@ -18,8 +18,9 @@ TINY = Path(os.environ.get("VMMGR_TINY_IMAGE", "images/build/tiny.qcow2")).resol
 
 
 def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["virsh", "-c", URI, *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         with running_daemon(cfg) as d:
             d.hosts.RegisterHost(host_pb2.RegisterHostRequest(name="local", uri=URI))
-            op = d.images.ImportImage(image_pb2.ImportImageRequest(
-                name="tiny", source_path=str(TINY))).operation
+            op = d.images.ImportImage(
+                image_pb2.ImportImageRequest(name="tiny", source_path=str(TINY))
+            ).operation
             assert d.wait(op).state == operation_pb2.OPERATION_STATE_SUCCEEDED
             yield d
     finally:
@@ -43,8 +45,14 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def create(d: Daemon, name: str, **kw: object) -> operation_pb2.Operation:
-    spec = vm_pb2.VMSpec(name=name, vcpus=1, memory_mib=128, domain_type="qemu",
-                         disks=[vm_pb2.DiskSpec(image="tiny")], **kw)  # type: ignore[arg-type]
+    spec = vm_pb2.VMSpec(
+        name=name,
+        vcpus=1,
+        memory_mib=128,
+        domain_type="qemu",
+        disks=[vm_pb2.DiskSpec(image="tiny")],
+        **kw,
+    )  # type: ignore[arg-type]
     return d.wait(d.vms.CreateVM(vm_pb2.CreateVMRequest(spec=spec)).operation)
 
 
@@ -86,8 +94,10 @@ def test_create_runs_with_overlay_then_delete_removes_everything(daemon: Daemon)
 
 def test_foreign_domains_are_reported_and_untouched(daemon: Daemon, tmp_path: Path) -> None:
     xml = tmp_path / "foreign.xml"
-    xml.write_text("<domain type='qemu'><name>foreign-one</name><memory unit='MiB'>64</memory>"
-                   "<os><type>hvm</type></os></domain>")
+    xml.write_text(
+        "<domain type='qemu'><name>foreign-one</name><memory unit='MiB'>64</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
     virsh("define", str(xml))
     try:
         doms = daemon.hosts.ListForeignDomains(host_pb2.ListForeignDomainsRequest(host="local"))

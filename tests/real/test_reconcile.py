@@ -20,8 +20,9 @@ TINY = Path(os.environ.get("VMMGR_TINY_IMAGE", "images/build/tiny.qcow2")).resol
 
 
 def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["virsh", "-c", URI, *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 @pytest.fixture(autouse=True)
@@ -39,11 +40,17 @@ def test_events_update_state_and_restart_undoes_interrupted_create(tmp_path: Pat
     try:
         with running_daemon(cfg) as d:
             d.hosts.RegisterHost(host_pb2.RegisterHostRequest(name="local", uri=URI))
-            op = d.images.ImportImage(image_pb2.ImportImageRequest(
-                name="tiny", source_path=str(TINY))).operation
+            op = d.images.ImportImage(
+                image_pb2.ImportImageRequest(name="tiny", source_path=str(TINY))
+            ).operation
             assert d.wait(op).state == operation_pb2.OPERATION_STATE_SUCCEEDED
-            spec = vm_pb2.VMSpec(name="evt", vcpus=1, memory_mib=128, domain_type="qemu",
-                                 disks=[vm_pb2.DiskSpec(image="tiny")])
+            spec = vm_pb2.VMSpec(
+                name="evt",
+                vcpus=1,
+                memory_mib=128,
+                domain_type="qemu",
+                disks=[vm_pb2.DiskSpec(image="tiny")],
+            )
             op = d.wait(d.vms.CreateVM(vm_pb2.CreateVMRequest(spec=spec)).operation)
             vm_id = op.result["vm_id"]
 

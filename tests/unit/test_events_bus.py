@@ -20,8 +20,12 @@ def test_publish_persists_and_streams() -> None:
     bus.publish("host.state", "h1", "ignored by the filter")
     bus.publish("vm.state", "vm1", "running", state="running")
     got = next(stream)
-    assert (got.kind, got.resource, got.seq, got.attributes) == ("vm.state", "vm1", 2,
-                                                                 {"state": "running"})
+    assert (got.kind, got.resource, got.seq, got.attributes) == (
+        "vm.state",
+        "vm1",
+        2,
+        {"state": "running"},
+    )
     assert [r.kind for r in stored] == ["host.state", "vm.state"]
     stop.set()
 

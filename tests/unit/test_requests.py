@@ -52,10 +52,14 @@ def test_good_request_passes() -> None:
         ({"project": ""}, "spec.project"),
         ({"domain_type": "xen"}, "spec.domain_type"),
         ({"watchdog": "explode"}, "spec.watchdog"),
-        ({"cloud_init": CloudInitRequest(ssh_authorized_keys=("a\nb",))},
-         "spec.cloud_init.ssh_authorized_keys[0]"),
-        ({"cloud_init": CloudInitRequest(user_data="#cloud-config", ssh_authorized_keys=("k",))},
-         "spec.cloud_init.ssh_authorized_keys"),
+        (
+            {"cloud_init": CloudInitRequest(ssh_authorized_keys=("a\nb",))},
+            "spec.cloud_init.ssh_authorized_keys[0]",
+        ),
+        (
+            {"cloud_init": CloudInitRequest(user_data="#cloud-config", ssh_authorized_keys=("k",))},
+            "spec.cloud_init.ssh_authorized_keys",
+        ),
         ({"host": "Bad Host"}, "spec.host"),
     ],
 )
@@ -67,8 +71,13 @@ def test_bad_field_is_named(changes: dict[str, object], field: str) -> None:
 
 def test_json_round_trip_keeps_every_field() -> None:
     req = dataclasses.replace(
-        GOOD, nics=(NicRequest("default", "52:54:00:00:00:01"),),
+        GOOD,
+        nics=(NicRequest("default", "52:54:00:00:00:01"),),
         cloud_init=CloudInitRequest(ssh_authorized_keys=("ssh-ed25519 AAAA",), hostname="h"),
-        gpus=(GpuRequest("H100", 2),), fpgas=(FpgaRequest("ALVEO", 1, "p", True),),
-        groups=("g",), labels={"a": "b"}, required_host_tags=("gpu",))
+        gpus=(GpuRequest("H100", 2),),
+        fpgas=(FpgaRequest("ALVEO", 1, "p", True),),
+        groups=("g",),
+        labels={"a": "b"},
+        required_host_tags=("gpu",),
+    )
     assert VmCreate.from_json(req.to_json()) == req

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import grpc
 
 from vmmgr.api import convert
@@ -12,7 +14,7 @@ from vmmgr.services.vms import VMService
 from vmmgr.state.models import Host
 from vmmgr.v1 import host_pb2, host_pb2_grpc
 
-Ctx = grpc.ServicerContext
+Ctx: TypeAlias = grpc.ServicerContext
 
 
 @servicer
@@ -23,51 +25,69 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
 
     def _host(self, h: Host, usage: dict[str, tuple[int, int, int]] | None = None) -> host_pb2.Host:
         vms, vcpus, memory = (usage if usage is not None else self.vms.usage_by_host()).get(
-            h.name, (0, 0, 0))
+            h.name, (0, 0, 0)
+        )
         return convert.host(h, vm_count=vms, used_vcpus=vcpus, used_memory_mib=memory)
 
-    def RegisterHost(self, request: host_pb2.RegisterHostRequest,
-                     context: Ctx) -> host_pb2.RegisterHostResponse:
-        h = self.hosts.register(request.name, request.uri, tags=list(request.tags),
-                                pool=request.pool, agent_address=request.agent_address)
+    def RegisterHost(
+        self, request: host_pb2.RegisterHostRequest, context: Ctx
+    ) -> host_pb2.RegisterHostResponse:
+        h = self.hosts.register(
+            request.name,
+            request.uri,
+            tags=list(request.tags),
+            pool=request.pool,
+            agent_address=request.agent_address,
+        )
         return host_pb2.RegisterHostResponse(host=self._host(h))
 
     def GetHost(self, request: host_pb2.GetHostRequest, context: Ctx) -> host_pb2.GetHostResponse:
         return host_pb2.GetHostResponse(host=self._host(self.hosts.get(request.name)))
 
-    def ListHosts(self, request: host_pb2.ListHostsRequest,
-                  context: Ctx) -> host_pb2.ListHostsResponse:
+    def ListHosts(
+        self, request: host_pb2.ListHostsRequest, context: Ctx
+    ) -> host_pb2.ListHostsResponse:
         state = convert.HOST_STATE_NAMES.get(request.state, "")
         if request.state and not state:
             raise InvalidArgument("state", f"unknown state {request.state}")
         usage = self.vms.usage_by_host()
         return host_pb2.ListHostsResponse(
-            hosts=[self._host(h, usage) for h in self.hosts.list(state)])
+            hosts=[self._host(h, usage) for h in self.hosts.list_hosts(state)]
+        )
 
-    def UpdateHost(self, request: host_pb2.UpdateHostRequest,
-                   context: Ctx) -> host_pb2.UpdateHostResponse:
-        h = self.hosts.update(request.name,
-                              tags=list(request.tags) if request.update_tags else None,
-                              pool=request.pool, agent_address=request.agent_address)
+    def UpdateHost(
+        self, request: host_pb2.UpdateHostRequest, context: Ctx
+    ) -> host_pb2.UpdateHostResponse:
+        h = self.hosts.update(
+            request.name,
+            tags=list(request.tags) if request.update_tags else None,
+            pool=request.pool,
+            agent_address=request.agent_address,
+        )
         return host_pb2.UpdateHostResponse(host=self._host(h))
 
-    def RemoveHost(self, request: host_pb2.RemoveHostRequest,
-                   context: Ctx) -> host_pb2.RemoveHostResponse:
+    def RemoveHost(
+        self, request: host_pb2.RemoveHostRequest, context: Ctx
+    ) -> host_pb2.RemoveHostResponse:
         self.hosts.remove(request.name)
         return host_pb2.RemoveHostResponse()
 
-    def ListForeignDomains(self, request: host_pb2.ListForeignDomainsRequest,
-                           context: Ctx) -> host_pb2.ListForeignDomainsResponse:
+    def ListForeignDomains(
+        self, request: host_pb2.ListForeignDomainsRequest, context: Ctx
+    ) -> host_pb2.ListForeignDomainsResponse:
         if not request.host:
             raise InvalidArgument("host", "is required")
         doms = self.hosts.foreign_domains(request.host)
         return host_pb2.ListForeignDomainsResponse(
-            domains=[convert.foreign_domain(d) for d in doms])
+            domains=[convert.foreign_domain(d) for d in doms]
+        )
 
-    def EnterMaintenance(self, request: host_pb2.EnterMaintenanceRequest,
-                         context: Ctx) -> host_pb2.EnterMaintenanceResponse:
+    def EnterMaintenance(
+        self, request: host_pb2.EnterMaintenanceRequest, context: Ctx
+    ) -> host_pb2.EnterMaintenanceResponse:
         raise Unimplemented("maintenance mode with evacuation is planned (issue 5)")
 
-    def ExitMaintenance(self, request: host_pb2.ExitMaintenanceRequest,
-                        context: Ctx) -> host_pb2.ExitMaintenanceResponse:
+    def ExitMaintenance(
+        self, request: host_pb2.ExitMaintenanceRequest, context: Ctx
+    ) -> host_pb2.ExitMaintenanceResponse:
         raise Unimplemented("maintenance mode with evacuation is planned (issue 5)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import grpc
 
 from vmmgr.api import convert
@@ -11,7 +13,7 @@ from vmmgr.services.groups import GroupService
 from vmmgr.services.vms import VMService
 from vmmgr.v1 import vm_pb2, vm_pb2_grpc
 
-Ctx = grpc.ServicerContext
+Ctx: TypeAlias = grpc.ServicerContext
 
 
 def parse_selectors(selectors: list[str]) -> dict[str, str]:
@@ -39,8 +41,9 @@ class VMServicer(vm_pb2_grpc.VMServiceServicer):
     def CreateVM(self, request: vm_pb2.CreateVMRequest, context: Ctx) -> vm_pb2.CreateVMResponse:
         if not request.HasField("spec"):
             raise InvalidArgument("spec", "is required")
-        op = self.vms.create(convert.vm_create_from_proto(request.spec),
-                             request_id=request.request_id)
+        op = self.vms.create(
+            convert.vm_create_from_proto(request.spec), request_id=request.request_id
+        )
         return vm_pb2.CreateVMResponse(operation=convert.operation(op))
 
     def GetVM(self, request: vm_pb2.GetVMRequest, context: Ctx) -> vm_pb2.GetVMResponse:
@@ -52,9 +55,14 @@ class VMServicer(vm_pb2_grpc.VMServiceServicer):
         state = convert.VM_STATE_NAMES.get(request.state, "")
         if request.state and not state:
             raise InvalidArgument("state", f"unknown state {request.state}")
-        rows, token = self.vms.list(host=request.host, state=state, project=request.project,
-                                    labels=parse_selectors(list(request.label_selector)),
-                                    page_size=request.page_size, page_token=request.page_token)
+        rows, token = self.vms.list_vms(
+            host=request.host,
+            state=state,
+            project=request.project,
+            labels=parse_selectors(list(request.label_selector)),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
         return vm_pb2.ListVMsResponse(vms=[convert.vm(r) for r in rows], next_page_token=token)
 
     def DeleteVM(self, request: vm_pb2.DeleteVMRequest, context: Ctx) -> vm_pb2.DeleteVMResponse:
@@ -65,49 +73,56 @@ class VMServicer(vm_pb2_grpc.VMServiceServicer):
         return vm_pb2.StartVMResponse(vm=self._vm(self.vms.start(request.vm, request.project)))
 
     def StopVM(self, request: vm_pb2.StopVMRequest, context: Ctx) -> vm_pb2.StopVMResponse:
-        res = self.vms.stop(request.vm, request.project, timeout_s=request.timeout_seconds,
-                            force=request.force)
+        res = self.vms.stop(
+            request.vm, request.project, timeout_s=request.timeout_seconds, force=request.force
+        )
         return vm_pb2.StopVMResponse(vm=self._vm(res.vm), forced=res.forced)
 
     def RebootVM(self, request: vm_pb2.RebootVMRequest, context: Ctx) -> vm_pb2.RebootVMResponse:
         return vm_pb2.RebootVMResponse(vm=self._vm(self.vms.reboot(request.vm, request.project)))
 
-    def SuspendVM(self, request: vm_pb2.SuspendVMRequest,
-                  context: Ctx) -> vm_pb2.SuspendVMResponse:
-        return vm_pb2.SuspendVMResponse(vm=self._vm(self.vms.suspend(request.vm,
-                                                                     request.project)))
+    def SuspendVM(self, request: vm_pb2.SuspendVMRequest, context: Ctx) -> vm_pb2.SuspendVMResponse:
+        return vm_pb2.SuspendVMResponse(vm=self._vm(self.vms.suspend(request.vm, request.project)))
 
     def ResumeVM(self, request: vm_pb2.ResumeVMRequest, context: Ctx) -> vm_pb2.ResumeVMResponse:
         return vm_pb2.ResumeVMResponse(vm=self._vm(self.vms.resume(request.vm, request.project)))
 
-    def ExplainPlacement(self, request: vm_pb2.ExplainPlacementRequest,
-                         context: Ctx) -> vm_pb2.ExplainPlacementResponse:
+    def ExplainPlacement(
+        self, request: vm_pb2.ExplainPlacementRequest, context: Ctx
+    ) -> vm_pb2.ExplainPlacementResponse:
         if not request.HasField("spec"):
             raise InvalidArgument("spec", "is required")
         return convert.explanation(self.vms.explain(convert.vm_create_from_proto(request.spec)))
 
-    def MigrateVM(self, request: vm_pb2.MigrateVMRequest,
-                  context: Ctx) -> vm_pb2.MigrateVMResponse:
+    def MigrateVM(self, request: vm_pb2.MigrateVMRequest, context: Ctx) -> vm_pb2.MigrateVMResponse:
         raise Unimplemented("live and cold migration through the API is planned (issue 5)")
 
-    def GetMigratability(self, request: vm_pb2.GetMigratabilityRequest,
-                         context: Ctx) -> vm_pb2.GetMigratabilityResponse:
+    def GetMigratability(
+        self, request: vm_pb2.GetMigratabilityRequest, context: Ctx
+    ) -> vm_pb2.GetMigratabilityResponse:
         raise Unimplemented("the migratability matrix through the API is planned (issue 5)")
 
-    def CreatePlacementGroup(self, request: vm_pb2.CreatePlacementGroupRequest,
-                             context: Ctx) -> vm_pb2.CreatePlacementGroupResponse:
+    def CreatePlacementGroup(
+        self, request: vm_pb2.CreatePlacementGroupRequest, context: Ctx
+    ) -> vm_pb2.CreatePlacementGroupResponse:
         g = request.group
         row = self.groups.create(g.name, g.policy or "anti-affinity", g.hard)
-        return vm_pb2.CreatePlacementGroupResponse(group=vm_pb2.PlacementGroup(
-            name=row.name, policy=row.policy, hard=row.hard))
+        return vm_pb2.CreatePlacementGroupResponse(
+            group=vm_pb2.PlacementGroup(name=row.name, policy=row.policy, hard=row.hard)
+        )
 
-    def ListPlacementGroups(self, request: vm_pb2.ListPlacementGroupsRequest,
-                            context: Ctx) -> vm_pb2.ListPlacementGroupsResponse:
-        return vm_pb2.ListPlacementGroupsResponse(groups=[
-            vm_pb2.PlacementGroup(name=g.name, policy=g.policy, hard=g.hard, members=members)
-            for g, members in self.groups.list()])
+    def ListPlacementGroups(
+        self, request: vm_pb2.ListPlacementGroupsRequest, context: Ctx
+    ) -> vm_pb2.ListPlacementGroupsResponse:
+        return vm_pb2.ListPlacementGroupsResponse(
+            groups=[
+                vm_pb2.PlacementGroup(name=g.name, policy=g.policy, hard=g.hard, members=members)
+                for g, members in self.groups.list_groups()
+            ]
+        )
 
-    def DeletePlacementGroup(self, request: vm_pb2.DeletePlacementGroupRequest,
-                             context: Ctx) -> vm_pb2.DeletePlacementGroupResponse:
+    def DeletePlacementGroup(
+        self, request: vm_pb2.DeletePlacementGroupRequest, context: Ctx
+    ) -> vm_pb2.DeletePlacementGroupResponse:
         self.groups.delete(request.name)
         return vm_pb2.DeletePlacementGroupResponse()

@@ -66,8 +66,13 @@ def follow(client: Client, op: operation_pb2.Operation, args: argparse.Namespace
         for resp in client.ops.WatchOperation(operation_pb2.WatchOperationRequest(id=op.id)):
             final = resp.operation
             if args.output != "json":
-                bar.update(final.progress, final.message or out.enum_name(
-                    operation_pb2.OperationState.Name(final.state), "OPERATION_STATE_"))
+                bar.update(
+                    final.progress,
+                    final.message
+                    or out.enum_name(
+                        operation_pb2.OperationState.Name(final.state), "OPERATION_STATE_"
+                    ),
+                )
     except KeyboardInterrupt:
         bar.close()
         sys.stderr.write(f"still running in the background: vmmgr op get {op.id}\n")
@@ -82,36 +87,63 @@ def show_op(op: operation_pb2.Operation, args: argparse.Namespace) -> int:
         out.print_json(op)
     else:
         pairs: list[tuple[str, Any]] = [
-            ("operation", op.id), ("kind", op.kind), ("target", op.target), ("state", state),
-            ("progress", f"{op.progress:.0f}%"), ("message", op.message),
+            ("operation", op.id),
+            ("kind", op.kind),
+            ("target", op.target),
+            ("state", state),
+            ("progress", f"{op.progress:.0f}%"),
+            ("message", op.message),
         ]
         pairs += [(k, v) for k, v in sorted(op.result.items())]
         if op.error.code:
             pairs.append(("error", f"{op.error.code}: {op.error.message}"))
         out.print_kv(pairs)
-    return 0 if op.state in (operation_pb2.OPERATION_STATE_SUCCEEDED,
-                             operation_pb2.OPERATION_STATE_PENDING,
-                             operation_pb2.OPERATION_STATE_RUNNING) else EXIT_RPC
+    return (
+        0
+        if op.state
+        in (
+            operation_pb2.OPERATION_STATE_SUCCEEDED,
+            operation_pb2.OPERATION_STATE_PENDING,
+            operation_pb2.OPERATION_STATE_RUNNING,
+        )
+        else EXIT_RPC
+    )
 
 
 def op_list(args: argparse.Namespace, c: Client) -> int:
-    resp = c.ops.ListOperations(operation_pb2.ListOperationsRequest(
-        target=args.target or "", kind=args.kind or "", page_size=args.limit), timeout=c.timeout)
+    resp = c.ops.ListOperations(
+        operation_pb2.ListOperationsRequest(
+            target=args.target or "", kind=args.kind or "", page_size=args.limit
+        ),
+        timeout=c.timeout,
+    )
     if args.output == "json":
         out.print_json(list(resp.operations))
         return 0
     out.print_table(
         ["ID", "KIND", "TARGET", "STATE", "PROGRESS", "MESSAGE"],
-        [(o.id, o.kind, o.target,
-          out.enum_name(operation_pb2.OperationState.Name(o.state), "OPERATION_STATE_"),
-          f"{o.progress:.0f}%", o.message) for o in resp.operations],
+        [
+            (
+                o.id,
+                o.kind,
+                o.target,
+                out.enum_name(operation_pb2.OperationState.Name(o.state), "OPERATION_STATE_"),
+                f"{o.progress:.0f}%",
+                o.message,
+            )
+            for o in resp.operations
+        ],
     )
     return 0
 
 
 def op_get(args: argparse.Namespace, c: Client) -> int:
-    return show_op(c.ops.GetOperation(operation_pb2.GetOperationRequest(id=args.id),
-                                      timeout=c.timeout).operation, args)
+    return show_op(
+        c.ops.GetOperation(
+            operation_pb2.GetOperationRequest(id=args.id), timeout=c.timeout
+        ).operation,
+        args,
+    )
 
 
 def op_wait(args: argparse.Namespace, c: Client) -> int:
@@ -120,26 +152,43 @@ def op_wait(args: argparse.Namespace, c: Client) -> int:
 
 
 def op_cancel(args: argparse.Namespace, c: Client) -> int:
-    return show_op(c.ops.CancelOperation(operation_pb2.CancelOperationRequest(id=args.id),
-                                         timeout=c.timeout).operation, args)
+    return show_op(
+        c.ops.CancelOperation(
+            operation_pb2.CancelOperationRequest(id=args.id), timeout=c.timeout
+        ).operation,
+        args,
+    )
 
 
 # ---------------------------------------------------------------- hosts
 
 
 def _host_row(h: host_pb2.Host) -> tuple[Any, ...]:
-    return (h.name, out.enum_name(host_pb2.HostState.Name(h.state), "HOST_STATE_"), h.uri,
-            f"{h.used_vcpus}/{h.cpus}", f"{h.used_memory_mib}/{h.memory_mib}", h.vm_count,
-            ",".join(h.tags))
+    return (
+        h.name,
+        out.enum_name(host_pb2.HostState.Name(h.state), "HOST_STATE_"),
+        h.uri,
+        f"{h.used_vcpus}/{h.cpus}",
+        f"{h.used_memory_mib}/{h.memory_mib}",
+        h.vm_count,
+        ",".join(h.tags),
+    )
 
 
 HOST_HEADERS = ["NAME", "STATE", "URI", "VCPUS", "MEMORY_MIB", "VMS", "TAGS"]
 
 
 def host_register(args: argparse.Namespace, c: Client) -> int:
-    h = c.hosts.RegisterHost(host_pb2.RegisterHostRequest(
-        name=args.name, uri=args.uri, tags=args.tag or [], pool=args.pool or "",
-        agent_address=args.agent or ""), timeout=c.timeout).host
+    h = c.hosts.RegisterHost(
+        host_pb2.RegisterHostRequest(
+            name=args.name,
+            uri=args.uri,
+            tags=args.tag or [],
+            pool=args.pool or "",
+            agent_address=args.agent or "",
+        ),
+        timeout=c.timeout,
+    ).host
     return _show(args, h, HOST_HEADERS, [_host_row(h)])
 
 
@@ -153,23 +202,45 @@ def host_get(args: argparse.Namespace, c: Client) -> int:
     if args.output == "json":
         out.print_json(h)
         return 0
-    out.print_kv([
-        ("name", h.name), ("state", out.enum_name(host_pb2.HostState.Name(h.state), "HOST_STATE_")),
-        ("uri", h.uri), ("hostname", h.hostname), ("host uuid", h.host_uuid), ("arch", h.arch),
-        ("cpus", h.cpus), ("memory MiB", h.memory_mib),
-        ("numa cells", ", ".join(f"{n.id}: {n.cpus} cpus {n.memory_mib} MiB" for n in h.numa_cells)),
-        ("hypervisor", f"{h.hypervisor} {h.hypervisor_version} (libvirt {h.libvirt_version})"),
-        ("domain types", ", ".join(h.domain_types)), ("used vcpus", h.used_vcpus),
-        ("used memory MiB", h.used_memory_mib), ("vms", h.vm_count), ("tags", ",".join(h.tags)),
-        ("pool", h.pool), ("agent", h.agent_address or "-"), ("error", h.error or "-"),
-    ])
+    out.print_kv(
+        [
+            ("name", h.name),
+            ("state", out.enum_name(host_pb2.HostState.Name(h.state), "HOST_STATE_")),
+            ("uri", h.uri),
+            ("hostname", h.hostname),
+            ("host uuid", h.host_uuid),
+            ("arch", h.arch),
+            ("cpus", h.cpus),
+            ("memory MiB", h.memory_mib),
+            (
+                "numa cells",
+                ", ".join(f"{n.id}: {n.cpus} cpus {n.memory_mib} MiB" for n in h.numa_cells),
+            ),
+            ("hypervisor", f"{h.hypervisor} {h.hypervisor_version} (libvirt {h.libvirt_version})"),
+            ("domain types", ", ".join(h.domain_types)),
+            ("used vcpus", h.used_vcpus),
+            ("used memory MiB", h.used_memory_mib),
+            ("vms", h.vm_count),
+            ("tags", ",".join(h.tags)),
+            ("pool", h.pool),
+            ("agent", h.agent_address or "-"),
+            ("error", h.error or "-"),
+        ]
+    )
     return 0
 
 
 def host_update(args: argparse.Namespace, c: Client) -> int:
-    h = c.hosts.UpdateHost(host_pb2.UpdateHostRequest(
-        name=args.name, tags=args.tag or [], update_tags=args.tag is not None,
-        pool=args.pool or "", agent_address=args.agent or ""), timeout=c.timeout).host
+    h = c.hosts.UpdateHost(
+        host_pb2.UpdateHostRequest(
+            name=args.name,
+            tags=args.tag or [],
+            update_tags=args.tag is not None,
+            pool=args.pool or "",
+            agent_address=args.agent or "",
+        ),
+        timeout=c.timeout,
+    ).host
     return _show(args, h, HOST_HEADERS, [_host_row(h)])
 
 
@@ -180,27 +251,37 @@ def host_remove(args: argparse.Namespace, c: Client) -> int:
 
 
 def host_foreign(args: argparse.Namespace, c: Client) -> int:
-    doms = c.hosts.ListForeignDomains(host_pb2.ListForeignDomainsRequest(host=args.name),
-                                      timeout=c.timeout).domains
-    return _show(args, list(doms), ["UUID", "NAME", "STATE"], [(d.uuid, d.name, d.state) for d in doms])
+    doms = c.hosts.ListForeignDomains(
+        host_pb2.ListForeignDomainsRequest(host=args.name), timeout=c.timeout
+    ).domains
+    return _show(
+        args, list(doms), ["UUID", "NAME", "STATE"], [(d.uuid, d.name, d.state) for d in doms]
+    )
 
 
 def host_maintenance(args: argparse.Namespace, c: Client) -> int:
-    resp = c.hosts.EnterMaintenance(host_pb2.EnterMaintenanceRequest(
-        name=args.name, dry_run=args.dry_run, stop_blocked=args.stop_blocked), timeout=c.timeout)
+    resp = c.hosts.EnterMaintenance(
+        host_pb2.EnterMaintenanceRequest(
+            name=args.name, dry_run=args.dry_run, stop_blocked=args.stop_blocked
+        ),
+        timeout=c.timeout,
+    )
     if args.output == "json" and args.dry_run:
         out.print_json(list(resp.plan))
         return 0
-    out.print_table(["VM", "ACTION", "TARGET", "REASON"],
-                    [(s.vm_name, s.action, s.target_host, s.reason) for s in resp.plan])
+    out.print_table(
+        ["VM", "ACTION", "TARGET", "REASON"],
+        [(s.vm_name, s.action, s.target_host, s.reason) for s in resp.plan],
+    )
     if resp.operation.id:
         return follow(c, resp.operation, args)
     return 0
 
 
 def host_activate(args: argparse.Namespace, c: Client) -> int:
-    resp = c.hosts.ExitMaintenance(host_pb2.ExitMaintenanceRequest(
-        name=args.name, move_back=args.move_back), timeout=c.timeout)
+    resp = c.hosts.ExitMaintenance(
+        host_pb2.ExitMaintenanceRequest(name=args.name, move_back=args.move_back), timeout=c.timeout
+    )
     if resp.operation.id:
         return follow(c, resp.operation, args)
     return _show(args, resp.host, HOST_HEADERS, [_host_row(resp.host)])
@@ -230,12 +311,21 @@ def _parse_count(value: str, flag: str) -> tuple[str, int]:
 
 def _spec_from_args(args: argparse.Namespace) -> vm_pb2.VMSpec:
     spec = vm_pb2.VMSpec(
-        name=args.name, description=args.description or "", vcpus=args.vcpus,
-        memory_mib=args.memory, vgpu_type=args.vgpu or "", mig_profile=args.mig or "",
-        groups=args.group or [], ha=args.ha, ha_priority=args.ha_priority,
-        host=args.host or "", required_host_tags=args.host_tag or [],
-        start=not getattr(args, "no_start", False), project=args.project,
-        domain_type=args.domain_type or "", watchdog=args.watchdog or "",
+        name=args.name,
+        description=args.description or "",
+        vcpus=args.vcpus,
+        memory_mib=args.memory,
+        vgpu_type=args.vgpu or "",
+        mig_profile=args.mig or "",
+        groups=args.group or [],
+        ha=args.ha,
+        ha_priority=args.ha_priority,
+        host=args.host or "",
+        required_host_tags=args.host_tag or [],
+        start=not getattr(args, "no_start", False),
+        project=args.project,
+        domain_type=args.domain_type or "",
+        watchdog=args.watchdog or "",
     )
     spec.disks.append(vm_pb2.DiskSpec(image=args.image, size_gib=args.disk_gib))
     for net in args.network or []:
@@ -246,8 +336,9 @@ def _spec_from_args(args: argparse.Namespace) -> vm_pb2.VMSpec:
         spec.gpus.append(vm_pb2.GpuRequest(model=model, count=count))
     for fpga in args.fpga or []:
         model, count = _parse_count(fpga, "--fpga")
-        spec.fpgas.append(vm_pb2.FpgaRequest(model=model, count=count,
-                                             profile=args.fpga_profile or ""))
+        spec.fpgas.append(
+            vm_pb2.FpgaRequest(model=model, count=count, profile=args.fpga_profile or "")
+        )
     for label in args.label or []:
         key, sep, value = label.partition("=")
         if not sep:
@@ -272,27 +363,48 @@ def vm_create(args: argparse.Namespace, c: Client) -> int:
 
 
 def vm_explain(args: argparse.Namespace, c: Client) -> int:
-    resp = c.vms.ExplainPlacement(vm_pb2.ExplainPlacementRequest(spec=_spec_from_args(args)),
-                                  timeout=c.timeout)
+    resp = c.vms.ExplainPlacement(
+        vm_pb2.ExplainPlacementRequest(spec=_spec_from_args(args)), timeout=c.timeout
+    )
     if args.output == "json":
         out.print_json(resp)
         return 0
     print(f"hosts considered: {resp.hosts_considered}; chosen: {resp.chosen_host or 'none'}")
     if resp.ranking:
-        out.print_table(["HOST", "SCORE", "WEIGHERS", "DEVICES"], [
-            (r.host, f"{r.score:.3f}", " ".join(f"{w.weigher}={w.score:.2f}" for w in r.weighers),
-             ",".join(r.devices)) for r in resp.ranking])
+        out.print_table(
+            ["HOST", "SCORE", "WEIGHERS", "DEVICES"],
+            [
+                (
+                    r.host,
+                    f"{r.score:.3f}",
+                    " ".join(f"{w.weigher}={w.score:.2f}" for w in r.weighers),
+                    ",".join(r.devices),
+                )
+                for r in resp.ranking
+            ],
+        )
     if resp.rejections:
         print()
-        out.print_table(["FILTER", "REJECTED", "WHY (SAMPLES)"], [
-            (r.filter, r.hosts_rejected, "; ".join(r.samples)) for r in resp.rejections])
+        out.print_table(
+            ["FILTER", "REJECTED", "WHY (SAMPLES)"],
+            [(r.filter, r.hosts_rejected, "; ".join(r.samples)) for r in resp.rejections],
+        )
     return 0 if resp.chosen_host else EXIT_RPC
 
 
 def vm_list(args: argparse.Namespace, c: Client) -> int:
-    state = vm_pb2.VMState.Value("VM_STATE_" + args.state.upper()) if args.state else 0
-    req = vm_pb2.ListVMsRequest(host=args.host or "", state=state, project=args.project or "",
-                                label_selector=args.label or [], page_size=args.limit)
+    state = (
+        vm_pb2.VMState.Value("VM_STATE_" + args.state.upper())
+        if args.state
+        else vm_pb2.VM_STATE_UNSPECIFIED
+    )
+    req = vm_pb2.ListVMsRequest(
+        host=args.host or "",
+        state=state,
+        project=args.project or "",
+        label_selector=args.label or [],
+        page_size=args.limit,
+    )
     vms: list[vm_pb2.VM] = []
     while True:
         resp = c.vms.ListVMs(req, timeout=c.timeout)
@@ -308,55 +420,78 @@ def vm_get(args: argparse.Namespace, c: Client) -> int:
     if args.output == "json":
         out.print_json(v)
         return 0
-    out.print_kv([
-        ("name", v.spec.name), ("id", v.id), ("host", v.host), ("state", _vm_state(v)),
-        ("reason", v.state_reason or "-"), ("vcpus", v.spec.vcpus),
-        ("memory MiB", v.spec.memory_mib), ("image", ",".join(d.image for d in v.spec.disks)),
-        ("description", v.spec.description or "-"),
-        ("devices", ", ".join(f"{d.kind}:{d.device_id}" for d in v.devices) or "-"),
-        ("volumes", ", ".join(v.volumes) or "-"),
-        ("labels", ",".join(f"{k}={val}" for k, val in sorted(v.spec.labels.items())) or "-"),
-    ])
+    out.print_kv(
+        [
+            ("name", v.spec.name),
+            ("id", v.id),
+            ("host", v.host),
+            ("state", _vm_state(v)),
+            ("reason", v.state_reason or "-"),
+            ("vcpus", v.spec.vcpus),
+            ("memory MiB", v.spec.memory_mib),
+            ("image", ",".join(d.image for d in v.spec.disks)),
+            ("description", v.spec.description or "-"),
+            ("devices", ", ".join(f"{d.kind}:{d.device_id}" for d in v.devices) or "-"),
+            ("volumes", ", ".join(v.volumes) or "-"),
+            ("labels", ",".join(f"{k}={val}" for k, val in sorted(v.spec.labels.items())) or "-"),
+        ]
+    )
     return 0
 
 
 def _vm_action(rpc_name: str, request_type: Any, **extra: Any) -> Handler:
     def run(args: argparse.Namespace, c: Client) -> int:
         fields = {k: getattr(args, k) for k in extra}
-        resp = getattr(c.vms, rpc_name)(request_type(vm=args.vm, project=args.project, **fields),
-                                        timeout=c.timeout)
+        resp = getattr(c.vms, rpc_name)(
+            request_type(vm=args.vm, project=args.project, **fields), timeout=c.timeout
+        )
         return _show(args, resp.vm, VM_HEADERS, [_vm_row(resp.vm)])
+
     return run
 
 
 def vm_stop(args: argparse.Namespace, c: Client) -> int:
-    resp = c.vms.StopVM(vm_pb2.StopVMRequest(vm=args.vm, project=args.project,
-                                             timeout_seconds=args.timeout, force=args.force),
-                        timeout=max(c.timeout, args.timeout + 30))
+    resp = c.vms.StopVM(
+        vm_pb2.StopVMRequest(
+            vm=args.vm, project=args.project, timeout_seconds=args.timeout, force=args.force
+        ),
+        timeout=max(c.timeout, args.timeout + 30),
+    )
     if resp.forced and args.output != "json":
         sys.stderr.write("guest did not shut down in time: forced off\n")
     return _show(args, resp.vm, VM_HEADERS, [_vm_row(resp.vm)])
 
 
 def vm_delete(args: argparse.Namespace, c: Client) -> int:
-    resp = c.vms.DeleteVM(vm_pb2.DeleteVMRequest(vm=args.vm, project=args.project),
-                          timeout=c.timeout)
+    resp = c.vms.DeleteVM(
+        vm_pb2.DeleteVMRequest(vm=args.vm, project=args.project), timeout=c.timeout
+    )
     return follow(c, resp.operation, args)
 
 
 def vm_migrate(args: argparse.Namespace, c: Client) -> int:
     mode = vm_pb2.MIGRATION_MODE_COLD if args.cold else vm_pb2.MIGRATION_MODE_LIVE
-    resp = c.vms.MigrateVM(vm_pb2.MigrateVMRequest(
-        vm=args.vm, project=args.project, target_host=args.to or "", mode=mode,
-        max_downtime_ms=args.max_downtime_ms, bandwidth_mib_s=args.bandwidth,
-        auto_converge=args.auto_converge, allow_post_copy=args.post_copy,
-        copy_storage=args.copy_storage), timeout=c.timeout)
+    resp = c.vms.MigrateVM(
+        vm_pb2.MigrateVMRequest(
+            vm=args.vm,
+            project=args.project,
+            target_host=args.to or "",
+            mode=mode,
+            max_downtime_ms=args.max_downtime_ms,
+            bandwidth_mib_s=args.bandwidth,
+            auto_converge=args.auto_converge,
+            allow_post_copy=args.post_copy,
+            copy_storage=args.copy_storage,
+        ),
+        timeout=c.timeout,
+    )
     return follow(c, resp.operation, args)
 
 
 def vm_migratability(args: argparse.Namespace, c: Client) -> int:
-    resp = c.vms.GetMigratability(vm_pb2.GetMigratabilityRequest(vm=args.vm, project=args.project),
-                                  timeout=c.timeout)
+    resp = c.vms.GetMigratability(
+        vm_pb2.GetMigratabilityRequest(vm=args.vm, project=args.project), timeout=c.timeout
+    )
     if args.output == "json":
         out.print_json(resp)
     else:
@@ -366,20 +501,29 @@ def vm_migratability(args: argparse.Namespace, c: Client) -> int:
 
 
 def group_create(args: argparse.Namespace, c: Client) -> int:
-    g = c.vms.CreatePlacementGroup(vm_pb2.CreatePlacementGroupRequest(group=vm_pb2.PlacementGroup(
-        name=args.name, policy=args.policy, hard=not args.soft)), timeout=c.timeout).group
+    g = c.vms.CreatePlacementGroup(
+        vm_pb2.CreatePlacementGroupRequest(
+            group=vm_pb2.PlacementGroup(name=args.name, policy=args.policy, hard=not args.soft)
+        ),
+        timeout=c.timeout,
+    ).group
     return _show(args, g, ["NAME", "POLICY", "HARD"], [(g.name, g.policy, g.hard)])
 
 
 def group_list(args: argparse.Namespace, c: Client) -> int:
     gs = c.vms.ListPlacementGroups(vm_pb2.ListPlacementGroupsRequest(), timeout=c.timeout).groups
-    return _show(args, list(gs), ["NAME", "POLICY", "HARD", "MEMBERS"],
-                 [(g.name, g.policy, g.hard, len(g.members)) for g in gs])
+    return _show(
+        args,
+        list(gs),
+        ["NAME", "POLICY", "HARD", "MEMBERS"],
+        [(g.name, g.policy, g.hard, len(g.members)) for g in gs],
+    )
 
 
 def group_delete(args: argparse.Namespace, c: Client) -> int:
-    c.vms.DeletePlacementGroup(vm_pb2.DeletePlacementGroupRequest(name=args.name),
-                               timeout=c.timeout)
+    c.vms.DeletePlacementGroup(
+        vm_pb2.DeletePlacementGroupRequest(name=args.name), timeout=c.timeout
+    )
     print(f"group {args.name} deleted")
     return 0
 
@@ -388,17 +532,26 @@ def group_delete(args: argparse.Namespace, c: Client) -> int:
 
 
 def _img_row(i: image_pb2.Image) -> tuple[Any, ...]:
-    return (i.name, i.format, i.size_bytes, i.virtual_size_bytes, i.sha256[:12],
-            ",".join(r.host for r in i.replicas))
+    return (
+        i.name,
+        i.format,
+        i.size_bytes,
+        i.virtual_size_bytes,
+        i.sha256[:12],
+        ",".join(r.host for r in i.replicas),
+    )
 
 
 IMG_HEADERS = ["NAME", "FORMAT", "SIZE", "VIRTUAL_SIZE", "SHA256", "HOSTS"]
 
 
 def image_import(args: argparse.Namespace, c: Client) -> int:
-    resp = c.images.ImportImage(image_pb2.ImportImageRequest(
-        name=args.name, source_path=os.path.abspath(args.path), sha256=args.sha256 or ""),
-        timeout=c.timeout)
+    resp = c.images.ImportImage(
+        image_pb2.ImportImageRequest(
+            name=args.name, source_path=os.path.abspath(args.path), sha256=args.sha256 or ""
+        ),
+        timeout=c.timeout,
+    )
     return follow(c, resp.operation, args)
 
 
@@ -425,21 +578,43 @@ def _dev_row(d: device_pb2.Device) -> tuple[Any, ...]:
     t = d.telemetry
     util = f"{t.gpu_utilization:.0f}%" if t.HasField("gpu_utilization") else "-"
     temp = f"{t.temperature_c:.0f}C" if t.HasField("temperature_c") else "-"
-    return (d.id, out.enum_name(device_pb2.DeviceKind.Name(d.kind), "DEVICE_KIND_"), d.model,
-            f"{d.vendor_id}:{d.product_id}",
-            d.numa_node if d.HasField("numa_node") else "-",
-            d.iommu_group if d.HasField("iommu_group") else "-",
-            out.enum_name(device_pb2.DeviceHealth.Name(d.health), "DEVICE_HEALTH_"),
-            d.claimed_by or "-", util, temp)
+    return (
+        d.id,
+        out.enum_name(device_pb2.DeviceKind.Name(d.kind), "DEVICE_KIND_"),
+        d.model,
+        f"{d.vendor_id}:{d.product_id}",
+        d.numa_node if d.HasField("numa_node") else "-",
+        d.iommu_group if d.HasField("iommu_group") else "-",
+        out.enum_name(device_pb2.DeviceHealth.Name(d.health), "DEVICE_HEALTH_"),
+        d.claimed_by or "-",
+        util,
+        temp,
+    )
 
 
-DEV_HEADERS = ["ID", "KIND", "MODEL", "IDS", "NUMA", "IOMMU", "HEALTH", "CLAIMED_BY", "UTIL", "TEMP"]
+DEV_HEADERS = [
+    "ID",
+    "KIND",
+    "MODEL",
+    "IDS",
+    "NUMA",
+    "IOMMU",
+    "HEALTH",
+    "CLAIMED_BY",
+    "UTIL",
+    "TEMP",
+]
 
 
 def device_list(args: argparse.Namespace, c: Client) -> int:
-    kind = device_pb2.DeviceKind.Value("DEVICE_KIND_" + args.kind.upper()) if args.kind else 0
-    devs = c.devices.ListDevices(device_pb2.ListDevicesRequest(host=args.host or "", kind=kind),
-                                 timeout=c.timeout).devices
+    kind = (
+        device_pb2.DeviceKind.Value("DEVICE_KIND_" + args.kind.upper())
+        if args.kind
+        else device_pb2.DEVICE_KIND_UNSPECIFIED
+    )
+    devs = c.devices.ListDevices(
+        device_pb2.ListDevicesRequest(host=args.host or "", kind=kind), timeout=c.timeout
+    ).devices
     return _show(args, list(devs), DEV_HEADERS, [_dev_row(d) for d in devs])
 
 
@@ -448,34 +623,60 @@ def device_get(args: argparse.Namespace, c: Client) -> int:
     if args.output == "json":
         out.print_json(d)
         return 0
-    out.print_kv([(k, v) for k, v in out.to_dict(d).items() if not isinstance(v, (dict, list))]
-                 + [("health reasons", "; ".join(d.health_reasons) or "-"),
-                    ("mdev types", ", ".join(f"{m.name}({m.available_instances})"
-                                             for m in d.mdev_types) or "-"),
-                    ("telemetry", out.to_dict(d.telemetry) or "-")])
+    out.print_kv(
+        [(k, v) for k, v in out.to_dict(d).items() if not isinstance(v, (dict, list))]
+        + [
+            ("health reasons", "; ".join(d.health_reasons) or "-"),
+            (
+                "mdev types",
+                ", ".join(f"{m.name}({m.available_instances})" for m in d.mdev_types) or "-",
+            ),
+            ("telemetry", out.to_dict(d.telemetry) or "-"),
+        ]
+    )
     return 0
 
 
 def device_telemetry(args: argparse.Namespace, c: Client) -> int:
-    samples = c.devices.GetDeviceTelemetry(device_pb2.GetDeviceTelemetryRequest(
-        id=args.id, limit=args.limit), timeout=c.timeout).samples
-    return _show(args, list(samples), ["TIME", "GPU_UTIL", "MEM_UTIL", "MEM_USED_MIB", "TEMP_C",
-                                       "POWER_W"], [
-        (s.time.ToJsonString(), *(getattr(s, f) if s.HasField(f) else "-" for f in (
-            "gpu_utilization", "memory_utilization", "memory_used_mib", "temperature_c",
-            "power_w"))) for s in samples])
+    samples = c.devices.GetDeviceTelemetry(
+        device_pb2.GetDeviceTelemetryRequest(id=args.id, limit=args.limit), timeout=c.timeout
+    ).samples
+    return _show(
+        args,
+        list(samples),
+        ["TIME", "GPU_UTIL", "MEM_UTIL", "MEM_USED_MIB", "TEMP_C", "POWER_W"],
+        [
+            (
+                s.time.ToJsonString(),
+                *(
+                    getattr(s, f) if s.HasField(f) else "-"
+                    for f in (
+                        "gpu_utilization",
+                        "memory_utilization",
+                        "memory_used_mib",
+                        "temperature_c",
+                        "power_w",
+                    )
+                ),
+            )
+            for s in samples
+        ],
+    )
 
 
 def device_taint(args: argparse.Namespace, c: Client) -> int:
     health = device_pb2.DEVICE_HEALTH_HEALTHY if args.clear else device_pb2.DEVICE_HEALTH_TAINTED
-    d = c.devices.SetDeviceHealth(device_pb2.SetDeviceHealthRequest(
-        id=args.id, health=health, reason=args.reason or ""), timeout=c.timeout).device
+    d = c.devices.SetDeviceHealth(
+        device_pb2.SetDeviceHealthRequest(id=args.id, health=health, reason=args.reason or ""),
+        timeout=c.timeout,
+    ).device
     return _show(args, d, DEV_HEADERS, [_dev_row(d)])
 
 
 def device_rescan(args: argparse.Namespace, c: Client) -> int:
-    devs = c.devices.RescanDevices(device_pb2.RescanDevicesRequest(host=args.host),
-                                   timeout=c.timeout).devices
+    devs = c.devices.RescanDevices(
+        device_pb2.RescanDevicesRequest(host=args.host), timeout=c.timeout
+    ).devices
     return _show(args, list(devs), DEV_HEADERS, [_dev_row(d) for d in devs])
 
 
@@ -483,23 +684,34 @@ def device_rescan(args: argparse.Namespace, c: Client) -> int:
 
 
 def _event_row(e: event_pb2.Event) -> tuple[Any, ...]:
-    return (e.seq, e.time.ToJsonString(), e.kind, e.resource,
-            out.enum_name(event_pb2.Severity.Name(e.severity), "SEVERITY_"), e.message)
+    return (
+        e.seq,
+        e.time.ToJsonString(),
+        e.kind,
+        e.resource,
+        out.enum_name(event_pb2.Severity.Name(e.severity), "SEVERITY_"),
+        e.message,
+    )
 
 
 EVENT_HEADERS = ["SEQ", "TIME", "KIND", "RESOURCE", "SEVERITY", "MESSAGE"]
 
 
 def events_list(args: argparse.Namespace, c: Client) -> int:
-    evs = c.events.ListEvents(event_pb2.ListEventsRequest(
-        kinds=args.kind or [], resource=args.resource or "", limit=args.limit), timeout=c.timeout)
+    evs = c.events.ListEvents(
+        event_pb2.ListEventsRequest(
+            kinds=args.kind or [], resource=args.resource or "", limit=args.limit
+        ),
+        timeout=c.timeout,
+    )
     return _show(args, list(evs.events), EVENT_HEADERS, [_event_row(e) for e in evs.events])
 
 
 def events_watch(args: argparse.Namespace, c: Client) -> int:
     try:
-        for resp in c.events.WatchEvents(event_pb2.WatchEventsRequest(
-                kinds=args.kind or [], resource=args.resource or "")):
+        for resp in c.events.WatchEvents(
+            event_pb2.WatchEventsRequest(kinds=args.kind or [], resource=args.resource or "")
+        ):
             if args.output == "json":
                 out.print_json(resp.event)
             else:
@@ -510,14 +722,23 @@ def events_watch(args: argparse.Namespace, c: Client) -> int:
 
 
 def _policy_row(p: policy_pb2.Policy) -> tuple[Any, ...]:
-    return (p.name, p.enabled, f"{p.interval_seconds:g}s",
-            p.last_run.ToJsonString() if p.HasField("last_run") else "-", p.last_result)
+    return (
+        p.name,
+        p.enabled,
+        f"{p.interval_seconds:g}s",
+        p.last_run.ToJsonString() if p.HasField("last_run") else "-",
+        p.last_result,
+    )
 
 
 def policy_list(args: argparse.Namespace, c: Client) -> int:
     ps = c.policies.ListPolicies(policy_pb2.ListPoliciesRequest(), timeout=c.timeout).policies
-    return _show(args, list(ps), ["NAME", "ENABLED", "INTERVAL", "LAST_RUN", "LAST_RESULT"],
-                 [_policy_row(p) for p in ps])
+    return _show(
+        args,
+        list(ps),
+        ["NAME", "ENABLED", "INTERVAL", "LAST_RUN", "LAST_RESULT"],
+        [_policy_row(p) for p in ps],
+    )
 
 
 def policy_plan(args: argparse.Namespace, c: Client) -> int:
@@ -526,8 +747,13 @@ def policy_plan(args: argparse.Namespace, c: Client) -> int:
         out.print_json(resp)
         return 0
     print(f"score {resp.score_before:.4f} -> {resp.score_after:.4f}  {resp.summary}")
-    out.print_table(["GROUP", "ACTION", "VM", "FROM", "TO", "REASON"], [
-        (a.group, a.action, a.vm_id, a.source_host, a.target_host, a.reason) for a in resp.actions])
+    out.print_table(
+        ["GROUP", "ACTION", "VM", "FROM", "TO", "REASON"],
+        [
+            (a.group, a.action, a.vm_id, a.source_host, a.target_host, a.reason)
+            for a in resp.actions
+        ],
+    )
     return 0
 
 
@@ -546,15 +772,17 @@ def policy_set(args: argparse.Namespace, c: Client) -> int:
         key, _, value = kv.partition("=")
         req.params[key] = value
     p = c.policies.UpdatePolicy(req, timeout=c.timeout).policy
-    return _show(args, p, ["NAME", "ENABLED", "INTERVAL", "LAST_RUN", "LAST_RESULT"],
-                 [_policy_row(p)])
+    return _show(
+        args, p, ["NAME", "ENABLED", "INTERVAL", "LAST_RUN", "LAST_RESULT"], [_policy_row(p)]
+    )
 
 
 # ---------------------------------------------------------------- plumbing
 
 
-def _show(args: argparse.Namespace, obj: Any, headers: Sequence[str],
-          rows: Sequence[Sequence[Any]]) -> int:
+def _show(
+    args: argparse.Namespace, obj: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> int:
     if args.output == "json":
         out.print_json(obj)
     else:
@@ -568,10 +796,14 @@ def _completion(args: argparse.Namespace, _: Client) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vmmgr", description="Manage VMs, hosts, images and "
-                                "accelerators through vmmgrd.")
-    p.add_argument("--endpoint", default=os.environ.get("VMMGR_ENDPOINT", DEFAULT_ENDPOINT),
-                   help="host:port or a unix socket path (env VMMGR_ENDPOINT)")
+    p = argparse.ArgumentParser(
+        prog="vmmgr", description="Manage VMs, hosts, images and accelerators through vmmgrd."
+    )
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("VMMGR_ENDPOINT", DEFAULT_ENDPOINT),
+        help="host:port or a unix socket path (env VMMGR_ENDPOINT)",
+    )
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
     p.add_argument("--no-wait", action="store_true", help="return an operation id at once")
@@ -692,7 +924,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(ip, "delete", image_delete, "delete an unused image").add_argument("name")
 
     dp = top.add_parser("device", help="GPUs, FPGAs and other PCI devices").add_subparsers(
-        dest="cmd", required=True)
+        dest="cmd", required=True
+    )
     sp = cmd(dp, "list", device_list, "device inventory")
     sp.add_argument("--host")
     sp.add_argument("--kind", choices=["gpu", "fpga", "other"])
@@ -707,7 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(dp, "rescan", device_rescan, "re-read a host's devices").add_argument("host")
 
     opp = top.add_parser("op", help="long-running operations").add_subparsers(
-        dest="cmd", required=True)
+        dest="cmd", required=True
+    )
     sp = cmd(opp, "list", op_list, "list operations")
     sp.add_argument("--target")
     sp.add_argument("--kind")
@@ -725,7 +959,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--limit", type=int, default=50)
 
     pp = top.add_parser("policy", help="periodic policies").add_subparsers(
-        dest="cmd", required=True)
+        dest="cmd", required=True
+    )
     cmd(pp, "list", policy_list, "list policies")
     cmd(pp, "plan", policy_plan, "dry run: the plan and its score").add_argument("name")
     cmd(pp, "run", policy_run, "run a policy once now").add_argument("name")
@@ -752,8 +987,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
-            sys.stderr.write(f"vmmgr: cannot reach vmmgrd at {args.endpoint} "
-                             "(is it running? `make run` starts it)\n")
+            sys.stderr.write(
+                f"vmmgr: cannot reach vmmgrd at {args.endpoint} "
+                "(is it running? `make run` starts it)\n"
+            )
         else:
             name = code.name if code is not None else "ERROR"
             sys.stderr.write(f"vmmgr: {name}: {details}\n")

@@ -15,7 +15,9 @@ def to_dict(msg: Message) -> dict[str, Any]:
     return MessageToDict(msg, preserving_proto_field_name=True)
 
 
-def print_json(obj: Message | Sequence[Message] | dict[str, Any], out: TextIO | None = None) -> None:
+def print_json(
+    obj: Message | Sequence[Message] | dict[str, Any], out: TextIO | None = None
+) -> None:
     out = out or sys.stdout
     if isinstance(obj, Message):
         data: Any = to_dict(obj)

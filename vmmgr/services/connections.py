@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from vmmgr.errors import NotFound, Unavailable, VmmgrError
 from vmmgr.ports import DomainEvent, HostConnection, Hypervisor
@@ -87,7 +88,7 @@ class ConnectionManager:
                 raise Unavailable(f"host {name!r} is unreachable: {exc.message}") from exc
             entry.conn, entry.backoff_s, entry.last_error = conn, 0.0, ""
         conn.on_domain_event(self._on_event)
-        conn.on_close(lambda reason, n=name, c=conn: self._closed(n, c, reason))
+        conn.on_close(partial(self._closed, name, conn))
         self._on_up(name)
         return conn
 

@@ -45,17 +45,20 @@ class EventBus:
         self._lock = threading.Lock()
         self._subscribers: list[queue.Queue[EventRecord | None]] = []
 
-    def publish(self, kind: str, resource: str, message: str, *, severity: str = "info",
-                **attributes: Any) -> EventRecord:
-        rec = EventRecord(kind, resource, message, severity,
-                          {k: str(v) for k, v in attributes.items()})
+    def publish(
+        self, kind: str, resource: str, message: str, *, severity: str = "info", **attributes: Any
+    ) -> EventRecord:
+        rec = EventRecord(
+            kind, resource, message, severity, {k: str(v) for k, v in attributes.items()}
+        )
         try:
             seq = self._persist(rec)
         except Exception:  # an event must never break the action that emitted it
             log.exception("could not store event %s %s", kind, resource)
             seq = 0
-        rec = EventRecord(rec.kind, rec.resource, rec.message, rec.severity, rec.attributes, seq,
-                          rec.time)
+        rec = EventRecord(
+            rec.kind, rec.resource, rec.message, rec.severity, rec.attributes, seq, rec.time
+        )
         with self._lock:
             subs = list(self._subscribers)
         for q in subs:
@@ -81,8 +84,9 @@ class EventBus:
         for q in subs:
             q.put(None)
 
-    def stream(self, kinds: list[str], resource: str, alive: Callable[[], bool],
-               poll_s: float = 0.5) -> Iterator[EventRecord]:
+    def stream(
+        self, kinds: list[str], resource: str, alive: Callable[[], bool], poll_s: float = 0.5
+    ) -> Iterator[EventRecord]:
         """Subscribe now (so nothing published after this call is missed) and yield matches."""
         q = self.subscribe()
 

@@ -19,7 +19,7 @@ class GroupService:
         with self.store.session() as s:
             return repo.add_group(s, PlacementGroup(name=name, policy=policy, hard=hard))
 
-    def list(self) -> list[tuple[PlacementGroup, list[str]]]:
+    def list_groups(self) -> list[tuple[PlacementGroup, list[str]]]:
         with self.store.read_session() as s:
             return [(g, repo.group_members(s, g.name)) for g in repo.list_groups(s)]
 

@@ -21,8 +21,16 @@ from vmmgr.state.repo import hosts as host_repo
 
 log = logging.getLogger(__name__)
 
-URI_SCHEMES = ("qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "qemu+libssh2",
-               "qemu+libssh", "test")
+URI_SCHEMES = (
+    "qemu",
+    "qemu+ssh",
+    "qemu+tcp",
+    "qemu+tls",
+    "qemu+unix",
+    "qemu+libssh2",
+    "qemu+libssh",
+    "test",
+)
 AGENT_RE = re.compile(r"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 
 
@@ -46,8 +54,9 @@ def validate_tags(tags: Sequence[str], field: str = "tags") -> None:
 
 
 class HostService:
-    def __init__(self, store: Store, conns: ConnectionManager, events: EventBus,
-                 config: Config) -> None:
+    def __init__(
+        self, store: Store, conns: ConnectionManager, events: EventBus, config: Config
+    ) -> None:
         self.store = store
         self.conns = conns
         self.events = events
@@ -59,8 +68,15 @@ class HostService:
             for h in host_repo.list_hosts(s):
                 self.conns.add(h.name, h.uri)
 
-    def register(self, name: str, uri: str, *, tags: Sequence[str] = (), pool: str = "",
-                 agent_address: str = "") -> Host:
+    def register(
+        self,
+        name: str,
+        uri: str,
+        *,
+        tags: Sequence[str] = (),
+        pool: str = "",
+        agent_address: str = "",
+    ) -> Host:
         check_name("name", name, regex=HOST_NAME_RE)
         validate_uri(uri)
         validate_tags(tags)
@@ -86,12 +102,26 @@ class HostService:
         finally:
             conn.close()
         with self.store.session() as s:
-            host_repo.add_host(s, Host(name=name, uri=uri, tags=list(tags), pool=pool or "default",
-                                       agent_address=agent_address))
+            host_repo.add_host(
+                s,
+                Host(
+                    name=name,
+                    uri=uri,
+                    tags=list(tags),
+                    pool=pool or "default",
+                    agent_address=agent_address,
+                ),
+            )
             host = host_repo.record_host_facts(s, name, info)
         self.conns.add(name, uri)
-        self.events.publish("host.registered", name, f"host {name} registered ({uri})",
-                            uri=uri, cpus=info.cpus, memory_mib=info.memory_mib)
+        self.events.publish(
+            "host.registered",
+            name,
+            f"host {name} registered ({uri})",
+            uri=uri,
+            cpus=info.cpus,
+            memory_mib=info.memory_mib,
+        )
         return host
 
     def _ensure_pools(self, conn: HostConnection) -> None:
@@ -104,12 +134,18 @@ class HostService:
         with self.store.read_session() as s:
             return host_repo.get_host(s, name)
 
-    def list(self, state: str = "") -> list[Host]:
+    def list_hosts(self, state: str = "") -> list[Host]:
         with self.store.read_session() as s:
             return host_repo.list_hosts(s, state=state or None)
 
-    def update(self, name: str, *, tags: Sequence[str] | None = None, pool: str = "",
-               agent_address: str = "") -> Host:
+    def update(
+        self,
+        name: str,
+        *,
+        tags: Sequence[str] | None = None,
+        pool: str = "",
+        agent_address: str = "",
+    ) -> Host:
         self.get(name)
         changes: dict[str, object] = {}
         if tags is not None:
@@ -164,8 +200,9 @@ class HostService:
             was = before.state
             host = host_repo.record_host_facts(s, name, info)
         if was != host.state:
-            self.events.publish("host.state", name, f"host {name} is {host.state}",
-                                state=host.state)
+            self.events.publish(
+                "host.state", name, f"host {name} is {host.state}", state=host.state
+            )
 
     def connection_down(self, name: str, error: str) -> None:
         with self.store.session() as s:
@@ -174,9 +211,19 @@ class HostService:
                 return
             host_repo.mark_host_down(s, name, error)
             for vm in s.exec(select(VM).where(VM.host == name)):
-                if vm.state in (VMState.RUNNING.value, VMState.PAUSED.value,
-                                VMState.STOPPED.value, VMState.SHUTTING_DOWN.value):
+                if vm.state in (
+                    VMState.RUNNING.value,
+                    VMState.PAUSED.value,
+                    VMState.STOPPED.value,
+                    VMState.SHUTTING_DOWN.value,
+                ):
                     vm.state = VMState.UNKNOWN.value
                     vm.state_reason = f"host {name} unreachable"
-        self.events.publish("host.state", name, f"host {name} is down: {error}",
-                            severity="warning", state="down", error=error)
+        self.events.publish(
+            "host.state",
+            name,
+            f"host {name} is down: {error}",
+            severity="warning",
+            state="down",
+            error=error,
+        )

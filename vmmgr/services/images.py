@@ -26,8 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class ImageService:
-    def __init__(self, store: Store, conns: ConnectionManager, ops: Operations,
-                 events: EventBus, files: ImageFiles, config: Config) -> None:
+    def __init__(
+        self,
+        store: Store,
+        conns: ConnectionManager,
+        ops: Operations,
+        events: EventBus,
+        files: ImageFiles,
+        config: Config,
+    ) -> None:
         self.store = store
         self.conns = conns
         self.ops = ops
@@ -45,7 +52,7 @@ class ImageService:
             raise NotFound(f"image {name!r} not found (vmmgr image list)", field=field)
         return image
 
-    def list(self) -> list[Image]:
+    def list_images(self) -> list[Image]:
         with self.store.read_session() as s:
             return image_repo.list_images(s)
 
@@ -63,8 +70,9 @@ class ImageService:
         fmt = self.files.probe(source_path)
         with self.store.session() as s:
             image_repo.add_image(s, Image(name=name, format=fmt, source=source_path))
-        return self.ops.submit("image.import", name,
-                               lambda ctx: self._import(ctx, name, source_path, sha256))
+        return self.ops.submit(
+            "image.import", name, lambda ctx: self._import(ctx, name, source_path, sha256)
+        )
 
     def _import(self, ctx: OperationContext, name: str, path: str, sha256: str) -> dict[str, str]:
         with UndoStack(f"import image {name}") as undo:
@@ -73,7 +81,8 @@ class ImageService:
             facts = self.files.inspect(path)
             if sha256 and facts.sha256 != sha256:
                 raise FailedPrecondition(
-                    f"sha256 mismatch: file has {facts.sha256}, expected {sha256}", field="sha256")
+                    f"sha256 mismatch: file has {facts.sha256}, expected {sha256}", field="sha256"
+                )
             with self.store.session() as s:
                 image = image_repo.get_image(s, name)
                 image.format, image.size_bytes = facts.format, facts.size_bytes
@@ -109,8 +118,9 @@ class ImageService:
             vol = conn.import_volume(pool, volume_name, image.source)
             try:
                 with self.store.session() as s:
-                    image_repo.add_replica(s, ImageReplica(image=name, host=host, pool=pool,
-                                                           path=vol.path))
+                    image_repo.add_replica(
+                        s, ImageReplica(image=name, host=host, pool=pool, path=vol.path)
+                    )
             except Exception:
                 conn.delete_volume(pool, volume_name)
                 raise
@@ -121,12 +131,12 @@ class ImageService:
         with self.store.read_session() as s:
             users = s.exec(select(VM.name).where(VM.image == name).limit(5)).all()
         if users:
-            raise FailedPrecondition(f"image {name} is used by VMs: {', '.join(users)}",
-                                     field="name")
+            raise FailedPrecondition(
+                f"image {name} is used by VMs: {', '.join(users)}", field="name"
+            )
         for replica in self.replicas(name):
             with contextlib.suppress(NotFound):
-                self.conns.get(replica.host).delete_volume(replica.pool,
-                                                           f"{name}.{image.format}")
+                self.conns.get(replica.host).delete_volume(replica.pool, f"{name}.{image.format}")
         self._drop(name)
         self.events.publish("image.deleted", name, f"image {name} deleted")
 

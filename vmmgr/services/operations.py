@@ -59,18 +59,19 @@ class Operations:
         self._cancel: set[str] = set()
         self._live: dict[str, tuple[str, float, str]] = {}  # id -> (state, progress, message)
 
-    def submit(self, kind: str, target: str, job: Job, *, request_id: str = "",
-               message: str = "queued") -> Operation:
+    def submit(
+        self, kind: str, target: str, job: Job, *, request_id: str = "", message: str = "queued"
+    ) -> Operation:
         with self.store.session() as s:
             op = self.record(s, kind, target, request_id=request_id, message=message)
         return self.start(op, job)
 
     @staticmethod
-    def record(session: Session, kind: str, target: str, *, request_id: str = "",
-               message: str = "queued") -> Operation:
+    def record(
+        session: Session, kind: str, target: str, *, request_id: str = "", message: str = "queued"
+    ) -> Operation:
         """Add the operation row inside the caller's transaction; ``start`` it after commit."""
-        return repo.create_operation(session, kind, target, request_id=request_id,
-                                     message=message)
+        return repo.create_operation(session, kind, target, request_id=request_id, message=message)
 
     def start(self, op: Operation, job: Job) -> Operation:
         self._pool.submit(self._run, op.id, op.kind, op.target, job)
@@ -89,26 +90,44 @@ class Operations:
             self._finish(op_id, OperationState.FAILED, error=exc)
         except Exception as exc:  # noqa: BLE001 - an operation must always end
             log.exception("operation %s (%s %s) crashed", op_id, kind, target)
-            self._finish(op_id, OperationState.FAILED,
-                         error=VmmgrError(f"internal error: {type(exc).__name__}: {exc}"))
+            self._finish(
+                op_id,
+                OperationState.FAILED,
+                error=VmmgrError(f"internal error: {type(exc).__name__}: {exc}"),
+            )
         else:
             self._finish(op_id, OperationState.SUCCEEDED, result=result)
 
-    def _finish(self, op_id: str, state: OperationState, *, error: VmmgrError | None = None,
-                result: dict[str, str] | None = None) -> None:
+    def _finish(
+        self,
+        op_id: str,
+        state: OperationState,
+        *,
+        error: VmmgrError | None = None,
+        result: dict[str, str] | None = None,
+    ) -> None:
         with self.store.session() as s:
             op = repo.finish_operation(
-                s, op_id, state.value, error=error,
+                s,
+                op_id,
+                state.value,
+                error=error,
                 message=error.message if error else "done",
-                result={k: str(v) for k, v in (result or {}).items()})
+                result={k: str(v) for k, v in (result or {}).items()},
+            )
         with self._cond:
             self._cancel.discard(op_id)
             self._live.pop(op_id, None)
             self._cond.notify_all()
         if state is not OperationState.SUCCEEDED:  # success is told by the job's own event
-            self.events.publish(f"operation.{state.value}", op_id,
-                                f"{op.kind} {op.target}: {op.message}", severity="warning",
-                                op_kind=op.kind, target=op.target)
+            self.events.publish(
+                f"operation.{state.value}",
+                op_id,
+                f"{op.kind} {op.target}: {op.message}",
+                severity="warning",
+                op_kind=op.kind,
+                target=op.target,
+            )
 
     def _progress(self, op_id: str, percent: float, message: str) -> None:
         self._set_live(op_id, OperationState.RUNNING.value, percent, message)
@@ -143,11 +162,13 @@ class Operations:
             op = repo.get_operation(s, op_id)
         return self._overlay(op)  # detached now: the overlay is never written back
 
-    def list(self, *, state: str = "", target: str = "", kind: str = "",
-             limit: int = 100) -> list[Operation]:
+    def list_ops(
+        self, *, state: str = "", target: str = "", kind: str = "", limit: int = 100
+    ) -> list[Operation]:
         with self.store.read_session() as s:
-            ops = repo.list_operations(s, state=state or None, target=target or None,
-                                       kind=kind or None, limit=limit)
+            ops = repo.list_operations(
+                s, state=state or None, target=target or None, kind=kind or None, limit=limit
+            )
         return [self._overlay(op) for op in ops]
 
     def cancel(self, op_id: str) -> Operation:
@@ -190,8 +211,11 @@ class Operations:
     def interrupted(self) -> list[Operation]:
         """Operations a previous daemon left unfinished (call before accepting new work)."""
         with self.store.read_session() as s:
-            return [op for st in (OperationState.PENDING, OperationState.RUNNING)
-                    for op in repo.list_operations(s, state=st.value, limit=100_000)]
+            return [
+                op
+                for st in (OperationState.PENDING, OperationState.RUNNING)
+                for op in repo.list_operations(s, state=st.value, limit=100_000)
+            ]
 
     def fail_interrupted(self, op_id: str, message: str) -> None:
         self._finish(op_id, OperationState.FAILED, error=VmmgrError(message))

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from vmmgr.config import Config
 from vmmgr.errors import (
@@ -41,7 +42,15 @@ from vmmgr.services.images import ImageService
 from vmmgr.services.operations import OperationContext, Operations
 from vmmgr.snapshot import PlacementRequest
 from vmmgr.state import Store, repo
-from vmmgr.state.models import VM, Operation, PlacementGroup, PowerState, VMState, Volume, VolumeKind
+from vmmgr.state.models import (
+    VM,
+    Operation,
+    PlacementGroup,
+    PowerState,
+    VMState,
+    Volume,
+    VolumeKind,
+)
 from vmmgr.state.repo import hosts as host_repo
 from vmmgr.state.repo import vms as vm_repo
 from vmmgr.state.repo import volumes as volume_repo
@@ -80,9 +89,16 @@ def is_uuid(value: str) -> bool:
 
 
 class VMService:
-    def __init__(self, store: Store, conns: ConnectionManager, ops: Operations,
-                 events: EventBus, images: ImageService, scheduler: Scheduler,
-                 config: Config) -> None:
+    def __init__(
+        self,
+        store: Store,
+        conns: ConnectionManager,
+        ops: Operations,
+        events: EventBus,
+        images: ImageService,
+        scheduler: Scheduler,
+        config: Config,
+    ) -> None:
         self.store = store
         self.conns = conns
         self.ops = ops
@@ -107,8 +123,9 @@ class VMService:
             try:
                 return vm_repo.get_vm_by_name(s, ref, project or "default")
             except NotFound:
-                raise NotFound(f"vm {ref!r} not found in project {project or 'default'!r}",
-                               field="vm") from None
+                raise NotFound(
+                    f"vm {ref!r} not found in project {project or 'default'!r}", field="vm"
+                ) from None
 
     def usage_by_host(self) -> dict[str, tuple[int, int, int]]:
         """Host -> (VMs, vCPUs, memory MiB) placed there."""
@@ -120,13 +137,26 @@ class VMService:
         with self.store.read_session() as s:
             return volume_repo.list_volumes(s, vm_id=vm_id)
 
-    def list(self, *, host: str = "", state: str = "", project: str = "",
-             labels: dict[str, str] | None = None, page_size: int = 0,
-             page_token: str = "") -> tuple[list[VM], str]:
+    def list_vms(
+        self,
+        *,
+        host: str = "",
+        state: str = "",
+        project: str = "",
+        labels: dict[str, str] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[VM], str]:
         with self.store.read_session() as s:
-            page = vm_repo.list_vms(s, host=host or None, states=[state] if state else None,
-                                    project=project or None, labels=labels,
-                                    page_size=page_size, page_token=page_token)
+            page = vm_repo.list_vms(
+                s,
+                host=host or None,
+                states=[state] if state else None,
+                project=project or None,
+                labels=labels,
+                page_size=page_size,
+                page_token=page_token,
+            )
         return page.items, page.next_page_token
 
     # ------------------------------------------------------------------ placement
@@ -135,10 +165,17 @@ class VMService:
         disk_gib = sum(d.size_gib for d in req.disks)
         fpga = req.fpgas[0] if req.fpgas else None
         return PlacementRequest(
-            vm_id=vm_id, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_gib=disk_gib,
-            gpus=req.gpus, vgpu_type=req.vgpu_type or None, mig_profile=req.mig_profile or None,
-            fpga_model=fpga.model if fpga else None, fpga_count=fpga.count if fpga else 0,
-            groups=req.groups, required_tags=frozenset(req.required_host_tags),
+            vm_id=vm_id,
+            vcpus=req.vcpus,
+            memory_mib=req.memory_mib,
+            disk_gib=disk_gib,
+            gpus=req.gpus,
+            vgpu_type=req.vgpu_type or None,
+            mig_profile=req.mig_profile or None,
+            fpga_model=fpga.model if fpga else None,
+            fpga_count=fpga.count if fpga else 0,
+            groups=req.groups,
+            required_tags=frozenset(req.required_host_tags),
             host=req.host or None,
         )
 
@@ -161,8 +198,9 @@ class VMService:
         with self.store.read_session() as s:
             for i, group in enumerate(req.groups):
                 if s.get(PlacementGroup, group) is None:
-                    raise NotFound(f"placement group {group!r} not found",
-                                   field=f"spec.groups[{i}]")
+                    raise NotFound(
+                        f"placement group {group!r} not found", field=f"spec.groups[{i}]"
+                    )
         vm_id = str(uuid.uuid4())
         with self._place_lock:
             with self.store.read_session() as s:
@@ -173,28 +211,47 @@ class VMService:
                 else:
                     raise AlreadyExists(
                         f"vm {req.name!r} already exists in project {req.project!r}",
-                        field="spec.name")
+                        field="spec.name",
+                    )
                 snap = build_snapshot(s)
             placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
             if placement.host is None:
                 exp = placement.explanation
                 raise NoHostFits(
                     f"no host fits vm {req.name!r}: 0 of {exp.hosts_total} hosts passed",
-                    {name: n for name, n in exp.rejections().items() if n})
+                    {name: n for name, n in exp.rejections().items() if n},
+                )
             host = placement.host
             with self.store.session() as s:
-                vm = vm_repo.add_vm(s, VM(
-                    id=vm_id, name=req.name, project=req.project, owner=owner,
-                    description=req.description, host=host, vcpus=req.vcpus,
-                    memory_mib=req.memory_mib, disk_gib=sum(d.size_gib for d in req.disks),
-                    image=req.disks[0].image, spec=req.to_json(),
-                    desired_power=(PowerState.RUNNING if req.start else PowerState.STOPPED).value,
-                    state=VMState.CREATING.value, labels=dict(req.labels), ha=req.ha,
-                    ha_priority=req.ha_priority, domain_uuid=vm_id))
+                vm = vm_repo.add_vm(
+                    s,
+                    VM(
+                        id=vm_id,
+                        name=req.name,
+                        project=req.project,
+                        owner=owner,
+                        description=req.description,
+                        host=host,
+                        vcpus=req.vcpus,
+                        memory_mib=req.memory_mib,
+                        disk_gib=sum(d.size_gib for d in req.disks),
+                        image=req.disks[0].image,
+                        spec=req.to_json(),
+                        desired_power=(
+                            PowerState.RUNNING if req.start else PowerState.STOPPED
+                        ).value,
+                        state=VMState.CREATING.value,
+                        labels=dict(req.labels),
+                        ha=req.ha,
+                        ha_priority=req.ha_priority,
+                        domain_uuid=vm_id,
+                    ),
+                )
                 if req.groups:
                     repo.set_vm_groups(s, vm_id, req.groups)
-                op = self.ops.record(s, "vm.create", vm_id, request_id=request_id,
-                                     message=f"placed on {host}")
+                op = self.ops.record(
+                    s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
+                )
         return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host))
 
     def _build(self, ctx: OperationContext, vm: VM, req: VmCreate, host: str) -> dict[str, str]:
@@ -210,19 +267,51 @@ class VMService:
                     base = self.images.ensure_on_host(disk.image, host, conn)
                     self.step_hook("overlay")
                     capacity = max(disk.size_gib * GIB, base.capacity_bytes)
-                    vol = self._volume(conn, undo, vm_id, host, VolumeKind.OVERLAY,
-                                       lambda n=f"{vm_id}-disk{i}.qcow2", c=capacity, b=base:
-                                       conn.create_overlay(self.config.vm_pool, n, b, c))
-                    disks.append(DiskSpec(path=vol.path, target=f"vd{chr(ord('a') + i)}",
-                                          bus=disk.bus, format="qcow2"))
+                    vol = self._volume(
+                        conn,
+                        undo,
+                        vm_id,
+                        host,
+                        VolumeKind.OVERLAY,
+                        partial(
+                            conn.create_overlay,
+                            self.config.vm_pool,
+                            f"{vm_id}-disk{i}.qcow2",
+                            base,
+                            capacity,
+                        ),
+                    )
+                    disks.append(
+                        DiskSpec(
+                            path=vol.path,
+                            target=f"vd{chr(ord('a') + i)}",
+                            bus=disk.bus,
+                            format="qcow2",
+                        )
+                    )
                 ctx.check_cancelled()
                 ctx.progress(50, "writing cloud-init seed")
                 self.step_hook("seed")
-                seed = self._volume(conn, undo, vm_id, host, VolumeKind.SEED, lambda: (
-                    conn.create_seed(self.config.vm_pool, f"{vm_id}-seed.iso",
-                                     *cloud_init_documents(vm_id, req))))
-                disks.append(DiskSpec(path=seed.path, target="sda", bus="sata", device="cdrom",
-                                      format="raw", readonly=True))
+                seed = self._volume(
+                    conn,
+                    undo,
+                    vm_id,
+                    host,
+                    VolumeKind.SEED,
+                    lambda: conn.create_seed(
+                        self.config.vm_pool, f"{vm_id}-seed.iso", *cloud_init_documents(vm_id, req)
+                    ),
+                )
+                disks.append(
+                    DiskSpec(
+                        path=seed.path,
+                        target="sda",
+                        bus="sata",
+                        device="cdrom",
+                        format="raw",
+                        readonly=True,
+                    )
+                )
                 ctx.check_cancelled()
                 ctx.progress(65, "defining domain")
                 self.step_hook("define")
@@ -241,21 +330,49 @@ class VMService:
                     vm_repo.update_vm(s, vm_id, {"state": state.value, "state_reason": ""})
         except BaseException as exc:
             self._forget(vm_id)
-            self.events.publish("vm.create_failed", vm_id, f"create {vm.name} failed: {exc}",
-                                severity="warning", name=vm.name, host=host)
+            self.events.publish(
+                "vm.create_failed",
+                vm_id,
+                f"create {vm.name} failed: {exc}",
+                severity="warning",
+                name=vm.name,
+                host=host,
+            )
             raise
-        self.events.publish("vm.created", vm_id, f"vm {vm.name} created on {host}",
-                            name=vm.name, host=host, state=state.value)
+        self.events.publish(
+            "vm.created",
+            vm_id,
+            f"vm {vm.name} created on {host}",
+            name=vm.name,
+            host=host,
+            state=state.value,
+        )
         return {"vm_id": vm_id, "host": host, "vm_state": state.value}
 
-    def _volume(self, conn: HostConnection, undo: UndoStack, vm_id: str, host: str,
-                kind: VolumeKind, create: Callable[[], VolumeInfo]) -> VolumeInfo:
+    def _volume(
+        self,
+        conn: HostConnection,
+        undo: UndoStack,
+        vm_id: str,
+        host: str,
+        kind: VolumeKind,
+        create: Callable[[], VolumeInfo],
+    ) -> VolumeInfo:
         """Create a volume and record it, so undo (now) or delete (later) can remove it."""
         vol = create()
         undo.push(lambda: conn.delete_volume(vol.pool, vol.name), f"delete volume {vol.name}")
         with self.store.session() as s:
-            row = volume_repo.add_volume(s, Volume(vm_id=vm_id, host=host, pool=vol.pool,
-                                                   name=vol.name, path=vol.path, kind=kind.value))
+            row = volume_repo.add_volume(
+                s,
+                Volume(
+                    vm_id=vm_id,
+                    host=host,
+                    pool=vol.pool,
+                    name=vol.name,
+                    path=vol.path,
+                    kind=kind.value,
+                ),
+            )
         undo.push(lambda: self._drop_volume_row(row.id), f"forget volume {vol.name}")
         return vol
 
@@ -277,14 +394,24 @@ class VMService:
             types = host_repo.get_host(s, host).domain_types
         return "kvm" if "kvm" in types else "qemu"
 
-    def domain_spec(self, vm: VM, req: VmCreate, disks: tuple[DiskSpec, ...],
-                    domain_type: str) -> DomainSpec:
+    def domain_spec(
+        self, vm: VM, req: VmCreate, disks: tuple[DiskSpec, ...], domain_type: str
+    ) -> DomainSpec:
         nics = tuple(NicSpec(network=n.network, mac=n.mac) for n in req.nics) or (
-            NicSpec(network=self.config.default_network),)
+            NicSpec(network=self.config.default_network),
+        )
         return DomainSpec(
-            vm_id=vm.id, name=vm.name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
-            owner=vm.owner, description=vm.description, domain_type=domain_type, disks=disks,
-            nics=nics, watchdog=req.watchdog, labels=dict(req.labels),
+            vm_id=vm.id,
+            name=vm.name,
+            vcpus=vm.vcpus,
+            memory_mib=vm.memory_mib,
+            owner=vm.owner,
+            description=vm.description,
+            domain_type=domain_type,
+            disks=disks,
+            nics=nics,
+            watchdog=req.watchdog,
+            labels=dict(req.labels),
         )
 
     # ------------------------------------------------------------------ delete
@@ -292,11 +419,13 @@ class VMService:
     def delete(self, ref: str, project: str = "default") -> Operation:
         vm = self.get(ref, project)
         if vm.state in BUSY:
-            raise FailedPrecondition(f"vm {vm.name} is {vm.state}; wait for that to finish",
-                                     field="vm")
+            raise FailedPrecondition(
+                f"vm {vm.name} is {vm.state}; wait for that to finish", field="vm"
+            )
         with self.store.session() as s:
-            vm_repo.update_vm(s, vm.id, {"state": VMState.DELETING.value,
-                                         "state_reason": "delete requested"})
+            vm_repo.update_vm(
+                s, vm.id, {"state": VMState.DELETING.value, "state_reason": "delete requested"}
+            )
         return self.ops.submit("vm.delete", vm.id, lambda ctx: self._teardown(ctx, vm.id))
 
     def _teardown(self, ctx: OperationContext, vm_id: str) -> dict[str, str]:
@@ -319,8 +448,11 @@ class VMService:
                     self._drop_volume_row(vol.id)
         except VmmgrError as exc:
             with self.store.session() as s:
-                vm_repo.update_vm(s, vm_id, {"state": VMState.ERROR.value,
-                                             "state_reason": f"delete failed: {exc}"})
+                vm_repo.update_vm(
+                    s,
+                    vm_id,
+                    {"state": VMState.ERROR.value, "state_reason": f"delete failed: {exc}"},
+                )
             raise
         with self.store.session() as s:
             vm_repo.delete_vm(s, vm_id, force=True)
@@ -339,8 +471,10 @@ class VMService:
     def _observe(self, vm: VM, conn: HostConnection, desired: PowerState | None = None) -> VM:
         dom = conn.get_domain(vm.id)
         state = OBSERVED[dom.state] if dom else VMState.ERROR
-        changes: dict[str, object] = {"state": state.value,
-                                      "state_reason": "" if dom else "domain missing on host"}
+        changes: dict[str, object] = {
+            "state": state.value,
+            "state_reason": "" if dom else "domain missing on host",
+        }
         if desired is not None:
             changes["desired_power"] = desired.value
         with self.store.session() as s:
@@ -359,8 +493,9 @@ class VMService:
         conn.start(vm.id)
         return self._observe(vm, conn, PowerState.RUNNING)
 
-    def stop(self, ref: str, project: str = "default", *, timeout_s: float = 0.0,
-             force: bool = False) -> StopResult:
+    def stop(
+        self, ref: str, project: str = "default", *, timeout_s: float = 0.0, force: bool = False
+    ) -> StopResult:
         if timeout_s < 0 or timeout_s > 3600:
             raise InvalidArgument("timeout_seconds", "must be between 0 and 3600")
         vm = self.get(ref, project)
@@ -404,7 +539,9 @@ class VMService:
         if have != want:
             raise FailedPrecondition(
                 f"cannot {action} vm {vm.name}: it is {have.value if have else 'missing'}, "
-                f"not {want.value}", field="vm")
+                f"not {want.value}",
+                field="vm",
+            )
 
     # ------------------------------------------------------------------ observed state
 
@@ -423,8 +560,15 @@ class VMService:
             if new == vm.state:
                 return
             vm_repo.update_vm(s, vm.id, {"state": new, "state_reason": reason})
-        self.events.publish("vm.state", vm.id, f"vm {vm.name} is {new} ({reason})",
-                            name=vm.name, state=new, reason=reason, host=event.host)
+        self.events.publish(
+            "vm.state",
+            vm.id,
+            f"vm {vm.name} is {new} ({reason})",
+            name=vm.name,
+            state=new,
+            reason=reason,
+            host=event.host,
+        )
 
     def resync_host(self, host: str, seen_foreign: set[str]) -> None:
         """Compare one host's domains with the store and record what is observed."""
@@ -434,15 +578,20 @@ class VMService:
         for d in domains:
             if d.vm_id is None and d.uuid not in seen_foreign:
                 seen_foreign.add(d.uuid)
-                self.events.publish("vm.foreign", d.uuid,
-                                    f"foreign domain {d.name} on {host}: not managed by vmmgr",
-                                    host=host, name=d.name)
+                self.events.publish(
+                    "vm.foreign",
+                    d.uuid,
+                    f"foreign domain {d.name} on {host}: not managed by vmmgr",
+                    host=host,
+                    name=d.name,
+                )
         with self.store.session() as s:
             rows = vm_repo.list_vms(s, host=host, page_size=1000)
             vms = list(rows.items)
             while rows.next_page_token:
-                rows = vm_repo.list_vms(s, host=host, page_size=1000,
-                                        page_token=rows.next_page_token)
+                rows = vm_repo.list_vms(
+                    s, host=host, page_size=1000, page_token=rows.next_page_token
+                )
                 vms.extend(rows.items)
             changed: list[tuple[VM, str, str]] = []
             for vm in vms:
@@ -451,21 +600,30 @@ class VMService:
                 dom = by_id.get(vm.id)
                 new = OBSERVED[dom.state].value if dom else VMState.ERROR.value
                 reason = "" if dom else "domain missing on host"
-                if (new, reason) != (vm.state, vm.state_reason) and not (
-                        dom and new == vm.state):
+                if (new, reason) != (vm.state, vm.state_reason) and not (dom and new == vm.state):
                     vm_repo.update_vm(s, vm.id, {"state": new, "state_reason": reason})
                     changed.append((vm, new, reason))
             known = {vm.id for vm in vms}
         for vm, new, reason in changed:
-            self.events.publish("vm.state", vm.id, f"vm {vm.name} is {new} {reason}".strip(),
-                                name=vm.name, state=new, host=host)
+            self.events.publish(
+                "vm.state",
+                vm.id,
+                f"vm {vm.name} is {new} {reason}".strip(),
+                name=vm.name,
+                state=new,
+                host=host,
+            )
         for vm_id, d in by_id.items():
             if vm_id not in known and d.uuid not in seen_foreign:
                 seen_foreign.add(d.uuid)
-                self.events.publish("vm.orphan", vm_id,
-                                    f"domain {d.name} on {host} carries vmmgr metadata but has "
-                                    "no VM in the store; left untouched", severity="warning",
-                                    host=host)
+                self.events.publish(
+                    "vm.orphan",
+                    vm_id,
+                    f"domain {d.name} on {host} carries vmmgr metadata but has "
+                    "no VM in the store; left untouched",
+                    severity="warning",
+                    host=host,
+                )
 
     def recover_interrupted(self, ops: Sequence[Operation]) -> None:
         """Start-up: undo what creates/deletes killed mid-way left behind, then fail them."""
@@ -476,9 +634,14 @@ class VMService:
                 with self.store.session() as s:
                     vm = vm_repo.find_vm(s, op.target)
                     if vm is not None:
-                        vm_repo.update_vm(s, vm.id, {"state": VMState.ERROR.value,
-                                                     "state_reason": "delete interrupted; "
-                                                     "delete again"})
+                        vm_repo.update_vm(
+                            s,
+                            vm.id,
+                            {
+                                "state": VMState.ERROR.value,
+                                "state_reason": "delete interrupted; delete again",
+                            },
+                        )
             self.ops.fail_interrupted(op.id, "daemon restarted while this operation ran")
 
     def _undo_partial_create(self, vm_id: str) -> None:
@@ -499,8 +662,11 @@ class VMService:
         except VmmgrError as exc:
             log.error("cannot clean up interrupted create of %s: %s", vm_id, exc)
             with self.store.session() as s:
-                vm_repo.update_vm(s, vm_id, {"state": VMState.ERROR.value,
-                                             "state_reason": f"interrupted create: {exc}"})
+                vm_repo.update_vm(
+                    s,
+                    vm_id,
+                    {"state": VMState.ERROR.value, "state_reason": f"interrupted create: {exc}"},
+                )
             return
         self._forget(vm_id)
 
