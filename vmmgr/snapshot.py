@@ -50,7 +50,7 @@ class MdevTypeSnap:
 
 @dataclass(frozen=True, slots=True)
 class MigProfileSnap:
-    """One MIG GPU-instance profile a GPU supports (as nvmlDeviceGetGpuInstanceProfileInfo tells)."""
+    """A MIG GPU-instance profile of a GPU (from nvmlDeviceGetGpuInstanceProfileInfo)."""
 
     name: str  # "1g.10gb"
     slices: int  # compute slices it takes out of ``MigSnap.total_slices``
