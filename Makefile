@@ -63,11 +63,16 @@ status:
 	else echo "vmmgrd not running"; fi
 
 # ---- checks ------------------------------------------------------------------------------------
+# Every step runs even when an earlier one failed (one CI run shows all problems); the target
+# fails at the end if any step did.
+TEST_STEPS := ruff mypy proto-check pytest
 test: deps libvirtd image
-	@echo "== ruff"; $(MAKE) --no-print-directory ruff
-	@echo "== mypy"; $(MAKE) --no-print-directory mypy
-	@echo "== proto-check"; $(MAKE) --no-print-directory proto-check
-	@echo "== pytest"; $(MAKE) --no-print-directory pytest
+	@failed=""; for step in $(TEST_STEPS); do \
+	  echo "== $$step"; \
+	  $(MAKE) --no-print-directory $$step || failed="$$failed $$step"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== make test FAILED:$$failed"; exit 1; fi; \
+	echo "== make test passed ($(TEST_STEPS))"
 
 pytest:
 	@url="$$(scripts/pg-test-up.sh)"; \

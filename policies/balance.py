@@ -38,7 +38,7 @@ class BalanceConfig:
     start_threshold: float = 0.05
     stop_threshold: float = 0.02
     hold_rounds: int = 2
-    min_gain: float = 0.01  # net gain of one move x number of up hosts (size-independent)
+    min_gain: float = 0.05  # net gain of one move x number of up hosts (size-independent)
     max_moves: int = 20
     cooldown_s: float = 3600.0  # a VM moved less than this ago stays put
     sources: int = 8  # most pressured hosts searched first each step
@@ -165,18 +165,18 @@ def _candidates(search: Search, cfg: BalanceConfig, threshold: float) -> list[tu
     """Up to ``fits_tries`` best (VM, host) first moves, widening the sources when none."""
     k = max(1, cfg.sources)
     while True:
-        ids, everything = search.sources(k)
+        ids, cols, everything = search.sources(k)
         found: list[tuple[float, str, int]] = []
         for start in range(0, len(ids), 256):
             chunk = ids[start : start + 256]
-            gain = search.evaluate(chunk)
+            gain = search.evaluate(chunk, cols)
             flat = gain.ravel()
             take = min(cfg.fits_tries, flat.size)
             top = np.argpartition(-flat, take - 1)[:take] if take < flat.size else range(flat.size)
             for j in top:
                 if flat[j] >= threshold:
                     r, d = divmod(int(j), gain.shape[1])
-                    found.append((float(flat[j]), chunk[r], d))
+                    found.append((float(flat[j]), chunk[r], int(cols[d])))
         if found or everything:
             found.sort(key=lambda t: -t[0])
             return [(v, d) for _, v, d in found[: cfg.fits_tries]]

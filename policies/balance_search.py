@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.model import ClusterModel, HostAcc, Limits
-from policies.score import Weights, move_cost, score_matrix, utilisation_matrix
+from policies.score import Weights, move_costs, score_matrix, utilisation_matrix
 from vmmgr.snapshot import ClusterSnapshot, DeviceSnap, VMSnap
 
 
@@ -32,9 +32,14 @@ class _Saved:
 
 def _save(h: HostAcc) -> _Saved:
     return _Saved(
-        h.used_vcpus, h.used_memory_mib, h.cpu_load, h.devices, list(h.vms), h.run_vcpus,
+        h.used_vcpus,
+        h.used_memory_mib,
+        h.cpu_load,
+        h.devices,
+        list(h.vms),
+        h.run_vcpus,
         h.shared_vms,
-    )  # fmt: skip
+    )
 
 
 def _restore(h: HostAcc, s: _Saved) -> None:
@@ -77,7 +82,10 @@ class Search:
         for vm in movable:
             assert vm.host is not None
             self.by_host.setdefault(model.index[vm.host], []).append(vm.id)
-        self.cost = {vm.id: move_cost(model, vm, weights) for vm in movable}
+        self.n_movable = np.zeros(len(hosts), dtype=np.int64)
+        for h, ids in self.by_host.items():
+            self.n_movable[h] = len(ids)
+        self.cost = move_costs(model, movable, weights)
         self.score = score_matrix(self.u, self.active, weights)
         self.log: list[_Undo] = []
         self._snap: ClusterSnapshot | None = None
@@ -102,33 +110,45 @@ class Search:
         z = np.where(sets & (sigma[:, None] > 0), (self.u - mu[:, None]) / scale, 0.0)
         return np.asarray((self.w[:, None] * z).sum(axis=0))
 
-    def sources(self, k: int) -> tuple[list[str], bool]:
-        """Movable VMs on the ``k`` most pressured hosts; True when that is all of them."""
-        hosts = [h for h, v in self.by_host.items() if v]
+    def sources(self, k: int) -> tuple[list[str], np.ndarray, bool]:
+        """Movable VMs on the ``k`` most pressured hosts, the ``4k`` (at least 32) least
+        pressured up hosts as destinations, and True when that is every host."""
         p = self.pressure()
-        hosts.sort(key=lambda h: -p[h])
-        return [v for h in hosts[:k] for v in self.by_host[h]], k >= len(hosts)
+        hosts = np.flatnonzero(self.n_movable > 0)
+        if k < hosts.size:
+            top = hosts[np.argpartition(-p[hosts], k - 1)[:k]]
+            hosts = top[np.argsort(-p[top], kind="stable")]
+        else:
+            hosts = hosts[np.argsort(-p[hosts], kind="stable")]
+        up = np.flatnonzero(self.usable)
+        kd = max(4 * k, 32)
+        cols = up if kd >= up.size else up[np.argpartition(p[up], kd - 1)[:kd]]
+        everything = bool(k >= np.count_nonzero(self.n_movable) and kd >= up.size)
+        return [v for h in hosts for v in self.by_host[int(h)]], np.sort(cols), everything
 
     # -- evaluation -------------------------------------------------------------------------
-    def evaluate(self, vm_ids: Sequence[str]) -> np.ndarray:
-        """Net gain (score drop minus move cost) of each VM x each host; -inf = infeasible."""
+    def evaluate(self, vm_ids: Sequence[str], cols: np.ndarray | None = None) -> np.ndarray:
+        """Net gain (score drop minus move cost) of each VM x each host of ``cols`` (default:
+        all hosts); -inf = infeasible."""
         m = self.model
+        cols = np.arange(len(m.hosts)) if cols is None else cols
         vms = [m.vms[v] for v in vm_ids]
         c = len(vms)
         src = np.array([m.index[v.host] for v in vms if v.host is not None])
         vcpus = np.array([v.vcpus for v in vms], dtype=np.float64)
         mem = np.array([v.memory_mib for v in vms], dtype=np.float64)
         feas = (
-            self.usable[None, :]
-            & (self.used_vcpus[None, :] + vcpus[:, None] <= self.cpu_cap[None, :])
-            & (self.used_mem[None, :] + mem[:, None] <= self.mem_cap[None, :])
+            self.usable[cols][None, :]
+            & (self.used_vcpus[cols][None, :] + vcpus[:, None] <= self.cpu_cap[cols][None, :])
+            & (self.used_mem[cols][None, :] + mem[:, None] <= self.mem_cap[cols][None, :])
         )
-        feas[np.arange(c), src] = False
+        feas &= cols[None, :] != src[:, None]
         if self.limits.same_pool:
-            feas &= self.pool[None, :] == self.pool[src][:, None]
+            feas &= self.pool[cols][None, :] == self.pool[src][:, None]
         sets, n, s1, s2, sigma = self._stats()
-        delta = np.zeros((c, len(m.hosts)), dtype=np.float64)
-        cpus = np.where(self.cpus > 0, self.cpus, 1.0)[None, :]
+        delta = np.zeros((c, cols.size), dtype=np.float64)
+        ccpus = self.cpus[cols]
+        cpus = np.where(ccpus > 0, ccpus, 1.0)[None, :]
         if m.cpu_telemetry:
             demand = np.array([m.cpu_demand(v) for v in vms], dtype=np.float64)
             load_s = self.u[0, src]
@@ -137,46 +157,51 @@ class Search:
         else:
             a_cpu = vcpus / self.cpus[src]
             b_cpu = vcpus[:, None] / cpus
+        cmem = self.mem[cols]
         a_mem = mem / self.mem[src]
-        b_mem = mem[:, None] / np.where(self.mem > 0, self.mem, 1.0)[None, :]
+        b_mem = mem[:, None] / np.where(cmem > 0, cmem, 1.0)[None, :]
         for k, (a, b) in enumerate(((a_cpu, b_cpu), (a_mem, b_mem))):
             if self.w[k] == 0.0 or n[k] < 2:
                 continue
             ins = sets[k, src].astype(np.float64)
-            ind = sets[k].astype(np.float64)[None, :]
+            ind = sets[k, cols].astype(np.float64)[None, :]
             us = np.where(sets[k, src], self.u[k, src], 0.0)
-            ud = np.where(sets[k], self.u[k], 0.0)[None, :]
+            ud = np.where(sets[k, cols], self.u[k, cols], 0.0)[None, :]
             t1 = s1[k] - (a * ins)[:, None] + b * ind
             t2 = s2[k] - ((us * us - (us - a) ** 2) * ins)[:, None]
             t2 = t2 + ((ud + b) ** 2 - ud * ud) * ind
             var = np.maximum(t2 / n[k] - (t1 / n[k]) ** 2, 0.0)
             delta += self.w[k] * (np.sqrt(var) - sigma[k])
+        where = {int(h): j for j, h in enumerate(cols)}
         for r, v in enumerate(vms):
             for members in m.anti.get(v.id, ()):
                 for other in members:
                     ov = m.vms.get(other)
                     if other != v.id and ov is not None and ov.host in m.index:
-                        feas[r, m.index[ov.host]] = False
+                        hit = where.get(m.index[ov.host])
+                        if hit is not None:
+                            feas[r, hit] = False
             if v.vgpu_type or v.mig_profile:
-                for d in np.flatnonzero(feas[r]):
-                    if m.capacity_ok(v, int(d)):
-                        delta[r, d] = self.try_score(v, int(d)) - self.score
+                for j in np.flatnonzero(feas[r]):
+                    d = int(cols[j])
+                    if m.capacity_ok(v, d):
+                        delta[r, j] = self.try_score(v, d) - self.score
                     else:
-                        feas[r, d] = False
+                        feas[r, j] = False
         cost = np.array([self.cost[v] for v in vm_ids], dtype=np.float64)
         return np.where(feas, -delta - cost[:, None], -np.inf)
 
     def best(self, k: int, threshold: float, widen: bool = True) -> tuple[str, int, float] | None:
         """The best move among the VMs of the ``k`` most pressured hosts (widening when none)."""
         while True:
-            ids, everything = self.sources(k)
+            ids, cols, everything = self.sources(k)
             if ids:
-                gain = self.evaluate(ids)
+                gain = self.evaluate(ids, cols)
                 j = int(np.argmax(gain))
                 r, d = divmod(j, gain.shape[1])
                 g = float(gain[r, d])
                 if g >= threshold:
-                    return ids[r], d, g
+                    return ids[r], int(cols[d]), g
             if everything or not widen:
                 return None
             k *= 4
@@ -205,14 +230,22 @@ class Search:
         queue = self.by_host.get(s, [])
         pos = queue.index(vm.id) if vm.id in queue else -1
         self.log.append(
-            _Undo(vm, s, d, (_save(m.hosts[s]), _save(m.hosts[d])), self.u[:, [s, d]].copy(),
-                  pos, self.score)
-        )  # fmt: skip
+            _Undo(
+                vm,
+                s,
+                d,
+                (_save(m.hosts[s]), _save(m.hosts[d])),
+                self.u[:, [s, d]].copy(),
+                pos,
+                self.score,
+            )
+        )
         m.move(vm.id, m.hosts[d].name)
         self._fill(s)
         self._fill(d)
         if pos >= 0:
             queue.pop(pos)
+            self.n_movable[s] -= 1
         self._snap = None
         self.score = score_matrix(self.u, self.active, self.weights)
 
@@ -229,6 +262,7 @@ class Search:
                 self.used_mem[i] = m.hosts[i].used_memory_mib
             if x.pos >= 0:
                 self.by_host[x.src].insert(x.pos, x.vm.id)
+                self.n_movable[x.src] += 1
             self.score = x.score
             self._snap = None
 

@@ -105,9 +105,14 @@ def _run(
 
 
 def _project(
-    level: np.ndarray, trend: np.ndarray, season: np.ndarray, phi: np.ndarray, m: int,
-    t: int, horizon: int,
-) -> np.ndarray:  # fmt: skip
+    level: np.ndarray,
+    trend: np.ndarray,
+    season: np.ndarray,
+    phi: np.ndarray,
+    m: int,
+    t: int,
+    horizon: int,
+) -> np.ndarray:
     """Forecasts (... x horizon) of the points t .. t+horizon-1 from the state before point t;
     ``level``/``trend`` have any leading shape, ``season`` that shape + (m,), ``phi`` the first
     axis of it."""
@@ -156,9 +161,14 @@ def forecast_matrix(
         best = np.argmin(hold if origins else sse, axis=0)
         cols = np.arange(part.shape[0])
         out[lo : lo + part.shape[0]] = _project(
-            level[best, cols], trend[best, cols], season[best, cols], grid[best, 3], m,
-            t_count, horizon,
-        )  # fmt: skip
+            level[best, cols],
+            trend[best, cols],
+            season[best, cols],
+            grid[best, 3],
+            m,
+            t_count,
+            horizon,
+        )
         params += [HWParams(*(float(v) for v in grid[i])) for i in best]
     return out, "holt-winters" if m > 0 else "damped-trend", params
 

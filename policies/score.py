@@ -87,13 +87,23 @@ def score_breakdown(snapshot: ClusterSnapshot, weights: Weights | None = None) -
     return out
 
 
-def move_cost(model: ClusterModel, vm: VMSnap, weights: Weights) -> float:
-    up = [h for h in model.hosts if h.up and h.snap.memory_mib > 0]
+def move_costs(model: ClusterModel, vms: list[VMSnap], weights: Weights) -> dict[str, float]:
+    """Cost of moving each VM, in score units (see the module docstring)."""
+    up = [h.snap.memory_mib for h in model.hosts if h.up and h.snap.memory_mib > 0]
     if not up:
-        return 0.0
-    mean_mem = sum(h.snap.memory_mib for h in up) / len(up)
-    rel = vm.memory_mib / mean_mem
-    return weights.move * rel * (1.0 + weights.dirty * model.busy(vm)) / len(up)
+        return {vm.id: 0.0 for vm in vms}
+    mean_mem = sum(up) / len(up)
+    return {
+        vm.id: weights.move
+        * (vm.memory_mib / mean_mem)
+        * (1.0 + weights.dirty * model.busy(vm))
+        / len(up)
+        for vm in vms
+    }
+
+
+def move_cost(model: ClusterModel, vm: VMSnap, weights: Weights) -> float:
+    return move_costs(model, [vm], weights)[vm.id]
 
 
 def objective(score_after: float, costs: list[float]) -> float:

@@ -5,7 +5,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-"$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -q \
+"$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -q -rfEs \
   --timeout="${VMMGR_TEST_TIMEOUT:-300}" \
   "$@"
 rc=$?

@@ -16,8 +16,11 @@ import grpc
 from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtHypervisor
 from drivers.image_files import LocalImageFiles
 from vmmgr.config import Config
-from vmmgr.daemon import Core, build_core, build_server
+from vmmgr.daemon import Core, build_core, build_server, no_agent
+from vmmgr.services.devices import AgentFactory
 from vmmgr.v1 import (
+    device_pb2_grpc,
+    event_pb2,
     event_pb2_grpc,
     host_pb2_grpc,
     image_pb2_grpc,
@@ -61,6 +64,12 @@ class Daemon:
     def events(self) -> event_pb2_grpc.EventServiceStub:
         return event_pb2_grpc.EventServiceStub(self.channel)
 
+    def devices_stub(self) -> device_pb2_grpc.DeviceServiceStub:
+        return device_pb2_grpc.DeviceServiceStub(self.channel)
+
+    def events_list(self, kind: str) -> list[event_pb2.Event]:
+        return list(self.events.ListEvents(event_pb2.ListEventsRequest(kinds=[kind])).events)
+
     def wait(self, op: operation_pb2.Operation, timeout: float = 120) -> operation_pb2.Operation:
         resp = self.ops.WaitOperation(
             operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=timeout),
@@ -98,9 +107,9 @@ test_config.__test__ = False  # type: ignore[attr-defined]
 
 
 @contextmanager
-def running_daemon(config: Config) -> Iterator[Daemon]:
+def running_daemon(config: Config, agent_for: AgentFactory = no_agent) -> Iterator[Daemon]:
     hv = LibvirtHypervisor(LibvirtConfig(keepalive_interval_s=2, keepalive_count=3))
-    core = build_core(config, hv, LocalImageFiles())
+    core = build_core(config, hv, LocalImageFiles(), agent_for)
     core.start()
     server, port = build_server(core, "127.0.0.1:0", workers=8)
     server.start()

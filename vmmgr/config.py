@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vmmgr.devices.fpga import validate_profile
+from vmmgr.devices.model import FpgaProfile
 from vmmgr.errors import InvalidArgument
 from vmmgr.scheduler.config import SchedulerConfig
 
@@ -40,11 +42,44 @@ class Config:
     placement_strategy: str = "spread"
     pool_strategies: list[str] = field(default_factory=list)  # "POOL=pack"
     weigher_multipliers: list[str] = field(default_factory=list)  # "gpu_fragmentation=3"
+    # FPGA program steps, from the TOML file only, e.g.
+    #   [fpga_profiles.u250-xdma]
+    #   bitstream = "/lib/firmware/x.xclbin"
+    #   sha256 = "..."
+    #   command = ["xbutil", "program", "-d", "{device}", "-u", "{bitstream}"]
+    fpga_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     log_level: str = "INFO"
     log_json: bool = False
+    # security and observability (vmmgr/tls.py, vmmgr/auth, vmmgr/metrics.py)
+    unix_socket: str = ""  # also serve on this unix socket (mode 0660)
+    tls_cert: str = ""  # server certificate (PEM); with tls_key turns TLS on
+    tls_key: str = ""
+    tls_ca: str = ""  # CA that signs client certificates (mTLS)
+    client_auth: bool = True  # with TLS: require a client certificate signed by tls_ca
+    insecure: bool = False  # allow plaintext (or auth = off) on a non-loopback address
+    auth: str = "auto"  # auto: tokens required off-loopback | on | off
+    admin_token_file: str = ""  # bootstrap admin token; created (0600) if missing
+    metrics_listen: str = "127.0.0.1:9464"  # Prometheus /metrics; "" = off
     # start-up conveniences for `make run`; both idempotent
     register_hosts: list[str] = field(default_factory=list)  # "name=uri"
     import_images: list[str] = field(default_factory=list)  # "name=path"
+
+    def fpga_profile_map(self) -> dict[str, FpgaProfile]:
+        out = {}
+        for name, p in self.fpga_profiles.items():
+            try:
+                profile = FpgaProfile(
+                    name=name,
+                    bitstream=str(p["bitstream"]),
+                    sha256=str(p["sha256"]),
+                    command=tuple(str(a) for a in p["command"]),
+                    timeout_s=float(p.get("timeout_s", 600)),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidArgument(f"fpga_profiles.{name}", f"bad profile: {exc}") from None
+            validate_profile(profile)
+            out[name] = profile
+        return out
 
     def scheduler(self) -> SchedulerConfig:
         """The scheduler's knobs; a bad value raises InvalidArgument naming the setting."""
@@ -92,6 +127,9 @@ def load(argv: list[str] | None = None) -> Config:
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.name in ("register_hosts", "import_images", "pool_strategies", "weigher_multipliers"):
+            continue
+        if f.name == "insecure":  # a bare flag: plaintext off-loopback must be explicit
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True)
             continue
         parser.add_argument(flag, dest=f.name, default=None)
     parser.add_argument(

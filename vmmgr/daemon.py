@@ -19,17 +19,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vmmgr import config as config_mod
+from vmmgr.api.devices import DeviceServicer
 from vmmgr.api.hosts import HostServicer
 from vmmgr.api.images import ImageServicer
 from vmmgr.api.operations import EventServicer, OperationServicer
 from vmmgr.api.planned import planned
 from vmmgr.api.vms import VMServicer
 from vmmgr.config import Config
+from vmmgr.devices.ports import DeviceAgent
 from vmmgr.errors import AlreadyExists, Unavailable, VmmgrError
 from vmmgr.logs import setup_logging
 from vmmgr.ports import Hypervisor, ImageFiles
 from vmmgr.scheduler import Scheduler
+from vmmgr.services.accelerators import Accelerators
 from vmmgr.services.connections import ConnectionManager
+from vmmgr.services.devices import AgentFactory, DeviceService
 from vmmgr.services.events import EventBus, EventRecord
 from vmmgr.services.groups import GroupService
 from vmmgr.services.hosts import HostService
@@ -37,6 +41,7 @@ from vmmgr.services.images import ImageService
 from vmmgr.services.operations import Operations
 from vmmgr.services.vms import VMService
 from vmmgr.state import Store, open_store, repo
+from vmmgr.state.models import Host
 from vmmgr.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -85,6 +90,7 @@ class Core:
     hosts: HostService
     images: ImageService
     vms: VMService
+    devices: DeviceService
     jobs: BackgroundScheduler = field(default_factory=lambda: BackgroundScheduler(daemon=True))
     _seen_foreign: set[str] = field(default_factory=set)
 
@@ -123,7 +129,16 @@ class Core:
         self.store.close()
 
 
-def build_core(config: Config, hypervisor: Hypervisor, image_files: ImageFiles) -> Core:
+def no_agent(host: Host) -> DeviceAgent | None:
+    return None
+
+
+def build_core(
+    config: Config,
+    hypervisor: Hypervisor,
+    image_files: ImageFiles,
+    agent_for: AgentFactory = no_agent,
+) -> Core:
     store = open_store(config.db_url or None, config.state_dir)
 
     def persist(rec: EventRecord) -> int:
@@ -150,9 +165,21 @@ def build_core(config: Config, hypervisor: Hypervisor, image_files: ImageFiles) 
     )
     hosts = HostService(store, conns, events, config)
     images = ImageService(store, conns, ops, events, image_files, config)
-    vms = VMService(store, conns, ops, events, images, Scheduler(config.scheduler()), config)
+    devices = DeviceService(store, conns, events, ops, agent_for)
+    vms = VMService(
+        store,
+        conns,
+        ops,
+        events,
+        images,
+        Scheduler(config.scheduler()),
+        config,
+        devices,
+        Accelerators(store, config.fpga_profile_map()),
+    )
+    hosts.on_registered.append(devices.rescan)
     holder.update(vms=vms, hosts=hosts)
-    return Core(config, store, events, ops, conns, hosts, images, vms)
+    return Core(config, store, events, ops, conns, hosts, images, vms, devices)
 
 
 def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Server, int]:
@@ -166,9 +193,7 @@ def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Serve
     event_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(core.store, core.events), server
     )
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(
-        planned(device_pb2_grpc.DeviceServiceServicer, "the device inventory API (issue 3)"), server
-    )
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(core.devices), server)
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(
         planned(policy_pb2_grpc.PolicyServiceServicer, "periodic policies (issue 6)"), server
     )

@@ -22,7 +22,7 @@ from drivers.hypervisor.libvirt.xml.devices import (
     Serial,
 )
 from drivers.hypervisor.libvirt.xml.domain import Domain
-from drivers.hypervisor.libvirt.xml.guest_os import Os, OsType
+from drivers.hypervisor.libvirt.xml.guest_os import Features, Os, OsType
 from drivers.hypervisor.libvirt.xml.resources import Memory, Vcpu
 from vmmgr.errors import FailedPrecondition
 
@@ -96,6 +96,7 @@ def domain(g: TinyGuest) -> Domain:
             initrd=g.initrd,
             cmdline=cmdline(g),
         ),
+        features=Features(acpi=True, apic=True),  # ACPI: the power button reaches the guest
         on_crash="destroy",
         devices=Devices(
             disks=tuple(disks),

@@ -17,6 +17,7 @@ same path everywhere, which is what non-shared-disk migration needs).
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -96,7 +97,10 @@ class Lab:
         prefix: str = DEFAULT_PREFIX,
         *,
         boot_timeout_s: float = 30.0,
+        lock_timeout_s: float = 0.0,
     ) -> None:
+        """``lock_timeout_s``: how long ``up()`` waits while another process owns a lab of the
+        same prefix (two test sessions at once would otherwise tear down each other's hosts)."""
         if not 1 <= n <= 50:
             raise InvalidArgument("n", "a lab has 1..50 hosts")
         net = ipaddress.ip_network(subnet)
@@ -109,6 +113,8 @@ class Lab:
         self.subnet = net
         self.prefix = prefix
         self.boot_timeout_s = boot_timeout_s
+        self.lock_timeout_s = lock_timeout_s
+        self._lock_fd: int | None = None
         self.gateway = str(net.network_address + 1)
         self.bridge = f"{prefix}-br"
         self.shared_dir = os.path.join(self.base_dir, "shared", "images")
@@ -143,11 +149,16 @@ class Lab:
         reason = netns.netns_supported()
         if reason:
             raise FailedPrecondition(f"lab needs network namespaces: {reason}")
-        cleanup(self.prefix, self.base_dir)  # leftovers of a crashed earlier run
-        prefix24 = str(self.subnet.network_address).rsplit(".", 1)[0] + "."
-        clash = netns.routes_overlapping(prefix24)
-        if clash:
-            raise FailedPrecondition(f"subnet {self.subnet} already routed here: {clash}")
+        self._lock()
+        try:
+            cleanup(self.prefix, self.base_dir)  # leftovers of a crashed earlier run
+            prefix24 = str(self.subnet.network_address).rsplit(".", 1)[0] + "."
+            clash = netns.routes_overlapping(prefix24)
+            if clash:
+                raise FailedPrecondition(f"subnet {self.subnet} already routed here: {clash}")
+        except BaseException:
+            self._unlock()
+            raise
         try:
             os.makedirs(self.shared_dir, exist_ok=True)
             os.makedirs(self.lockspace_dir, exist_ok=True)
@@ -166,7 +177,37 @@ class Lab:
 
     def down(self) -> None:
         """Kill every process of the lab, delete its namespaces and links."""
-        cleanup(self.prefix, self.base_dir)
+        try:
+            cleanup(self.prefix, self.base_dir)
+        finally:
+            self._unlock()
+
+    def _lock(self) -> None:
+        """Own the prefix for as long as this object's lab is up (flock; freed on exit)."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(f"/run/vmmgr-lab.{self.prefix}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise FailedPrecondition(
+                        f"lab prefix {self.prefix!r} is in use by another process ({owner})"
+                    ) from None
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _create_netns(self, h: LabHost) -> None:
         outer, inner = f"{self.prefix}-v{h.index}", f"{self.prefix}-p{h.index}"

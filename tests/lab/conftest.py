@@ -60,7 +60,10 @@ def lab(tiny_image: TinyImage) -> Iterator[Lab]:
     reason = netns_supported()
     if reason:
         _unavailable(f"network namespaces unavailable: {reason}")
-    the_lab = Lab(2, base_dir=LAB_BASE, subnet=LAB_SUBNET, prefix=LAB_PREFIX).up()
+    # a second test session on this machine waits for the first one's lab to go down
+    the_lab = Lab(
+        2, base_dir=LAB_BASE, subnet=LAB_SUBNET, prefix=LAB_PREFIX, lock_timeout_s=900
+    ).up()
     # the guests' backing image lives in the shared pool: a volume every host can look up
     shutil.copyfile(tiny_image.disk, os.path.join(the_lab.shared_dir, BASE_VOLUME))
     try:

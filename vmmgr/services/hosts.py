@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from sqlmodel import select
@@ -61,6 +61,8 @@ class HostService:
         self.conns = conns
         self.events = events
         self.config = config
+        # called with the host name after a registration (device inventory hooks in here)
+        self.on_registered: list[Callable[[str], object]] = []
 
     def load(self) -> None:
         """Put every registered host under the connection manager (daemon start)."""
@@ -114,6 +116,11 @@ class HostService:
             )
             host = host_repo.record_host_facts(s, name, info)
         self.conns.add(name, uri)
+        for hook in self.on_registered:
+            try:
+                hook(name)
+            except VmmgrError as exc:
+                log.warning("host %s registered, but %s failed: %s", name, hook, exc)
         self.events.publish(
             "host.registered",
             name,

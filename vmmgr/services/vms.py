@@ -7,6 +7,7 @@ stack. Any failure undoes the host side and removes the row, so nothing is left 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -36,7 +37,9 @@ from vmmgr.ports import (
 from vmmgr.requests import VmCreate, validate_vm_create
 from vmmgr.scheduler import Scheduler
 from vmmgr.scheduler.results import Placement
+from vmmgr.services.accelerators import Accelerators, check_known, claim_requests, numa_node
 from vmmgr.services.connections import ConnectionManager
+from vmmgr.services.devices import DeviceService
 from vmmgr.services.events import EventBus
 from vmmgr.services.images import ImageService
 from vmmgr.services.operations import OperationContext, Operations
@@ -98,6 +101,8 @@ class VMService:
         images: ImageService,
         scheduler: Scheduler,
         config: Config,
+        devices: DeviceService,
+        accelerators: Accelerators,
     ) -> None:
         self.store = store
         self.conns = conns
@@ -106,6 +111,8 @@ class VMService:
         self.images = images
         self.scheduler = scheduler
         self.config = config
+        self.devices = devices
+        self.accel = accelerators
         self._place_lock = threading.Lock()
         # Tests inject failures between create steps through this hook (step name -> None).
         self.step_hook: Callable[[str], None] = lambda step: None
@@ -214,6 +221,7 @@ class VMService:
                         field="spec.name",
                     )
                 snap = build_snapshot(s)
+            check_known(req, snap, self.accel.fpga_profiles)
             placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
             if placement.host is None:
                 exp = placement.explanation
@@ -222,6 +230,8 @@ class VMService:
                     {name: n for name, n in exp.rejections().items() if n},
                 )
             host = placement.host
+            claims = claim_requests(placement, snap)
+            numa = numa_node(placement, snap)
             with self.store.session() as s:
                 vm = vm_repo.add_vm(
                     s,
@@ -247,14 +257,18 @@ class VMService:
                         domain_uuid=vm_id,
                     ),
                 )
+                if claims:
+                    repo.claim_devices(s, vm_id, claims)
                 if req.groups:
                     repo.set_vm_groups(s, vm_id, req.groups)
                 op = self.ops.record(
                     s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
                 )
-        return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host))
+        return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host, numa))
 
-    def _build(self, ctx: OperationContext, vm: VM, req: VmCreate, host: str) -> dict[str, str]:
+    def _build(
+        self, ctx: OperationContext, vm: VM, req: VmCreate, host: str, numa: int | None
+    ) -> dict[str, str]:
         vm_id = vm.id
         undo = UndoStack(f"create vm {vm_id}")
         try:
@@ -313,13 +327,25 @@ class VMService:
                     )
                 )
                 ctx.check_cancelled()
+                ctx.progress(60, "preparing devices")
+                self.step_hook("devices")
+                agent = self.devices.agent(host)
+                attached = self.accel.prepare(vm_id, host, agent, undo)
                 ctx.progress(65, "defining domain")
                 self.step_hook("define")
-                conn.define(self.domain_spec(vm, req, tuple(disks), self._domain_type(host, req)))
+                spec = self.domain_spec(vm, req, tuple(disks), self._domain_type(host, req))
+                conn.define(
+                    dataclasses.replace(
+                        spec, pci_hostdevs=attached.pci, mdev_hostdevs=attached.mdev, numa_node=numa
+                    )
+                )
                 undo.push(lambda: conn.undefine(vm_id), "undefine domain")
                 state = VMState.STOPPED
                 if req.start:
                     ctx.check_cancelled()
+                    if req.fpgas and req.fpgas[0].profile:
+                        ctx.progress(75, "programming FPGAs")
+                        self.accel.program_fpgas(vm_id, req, agent)
                     ctx.progress(80, "starting")
                     self.step_hook("start")
                     conn.start(vm_id)
@@ -446,6 +472,9 @@ class VMService:
                     ctx.progress(50 + 40 * n / max(len(vols), 1), f"deleting volume {vol.name}")
                     conn.delete_volume(vol.pool, vol.name)
                     self._drop_volume_row(vol.id)
+                if self.accel.claims(vm_id):
+                    ctx.progress(95, "releasing devices")
+                    self.accel.release(vm_id, self.devices.agent(vm.host))
         except VmmgrError as exc:
             with self.store.session() as s:
                 vm_repo.update_vm(
@@ -659,6 +688,8 @@ class VMService:
                 conn.undefine(vm_id)
             for vol in self.volumes(vm_id):
                 conn.delete_volume(vol.pool, vol.name)
+            if self.accel.claims(vm_id):
+                self.accel.release(vm_id, self.devices.agent(vm.host))
         except VmmgrError as exc:
             log.error("cannot clean up interrupted create of %s: %s", vm_id, exc)
             with self.store.session() as s:

@@ -25,31 +25,69 @@ _sym_db = _symbol_database.Default()
 from vmmgr.v1 import device_pb2 as vmmgr_dot_v1_dot_device__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vmmgr/v1/agent.proto\x12\x08vmmgr.v1\x1a\x15vmmgr/v1/device.proto\"x\n\x08GpuFacts\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12)\n\ttelemetry\x18\x02 \x01(\x0b\x32\x16.vmmgr.v1.GpuTelemetry\x12\x1e\n\x03mig\x18\x03 \x01(\x0b\x32\x11.vmmgr.v1.MigInfo\x12\x10\n\x08problems\x18\x04 \x03(\t\"\x14\n\x12GetGpuFactsRequest\"O\n\x13GetGpuFactsResponse\x12 \n\x04gpus\x18\x01 \x03(\x0b\x32\x12.vmmgr.v1.GpuFacts\x12\x16\n\x0e\x64river_version\x18\x02 \x01(\t\"8\n\x13\x43onfigureMigRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08profiles\x18\x02 \x03(\t\"6\n\x14\x43onfigureMigResponse\x12\x1e\n\x03mig\x18\x01 \x01(\x0b\x32\x11.vmmgr.v1.MigInfo\"6\n\x12ProgramFpgaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\"/\n\x13ProgramFpgaResponse\x12\x18\n\x10\x62itstream_sha256\x18\x01 \x01(\t\"\x12\n\x10HeartbeatRequest\">\n\x11HeartbeatResponse\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x32\xbf\x02\n\x10HostAgentService\x12J\n\x0bGetGpuFacts\x12\x1c.vmmgr.v1.GetGpuFactsRequest\x1a\x1d.vmmgr.v1.GetGpuFactsResponse\x12M\n\x0c\x43onfigureMig\x12\x1d.vmmgr.v1.ConfigureMigRequest\x1a\x1e.vmmgr.v1.ConfigureMigResponse\x12J\n\x0bProgramFpga\x12\x1c.vmmgr.v1.ProgramFpgaRequest\x1a\x1d.vmmgr.v1.ProgramFpgaResponse\x12\x44\n\tHeartbeat\x12\x1a.vmmgr.v1.HeartbeatRequest\x1a\x1b.vmmgr.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vmmgr/v1/agent.proto\x12\x08vmmgr.v1\x1a\x15vmmgr/v1/device.proto\"\x87\n\n\x08GpuFacts\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12)\n\ttelemetry\x18\x02 \x01(\x0b\x32\x16.vmmgr.v1.GpuTelemetry\x12\x1e\n\x03mig\x18\x03 \x01(\x0b\x32\x11.vmmgr.v1.MigInfo\x12\x10\n\x08problems\x18\x04 \x03(\t\x12\r\n\x05index\x18\x05 \x01(\x05\x12\x11\n\x04uuid\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x0c\n\x04lost\x18\x08 \x01(\x08\x12\x1a\n\rpci_device_id\x18\t \x01(\rH\x02\x88\x01\x01\x12\x1d\n\x10memory_total_mib\x18\n \x01(\x03H\x03\x88\x01\x01\x12\x1c\n\x0fmemory_used_mib\x18\x0b \x01(\x03H\x04\x88\x01\x01\x12 \n\x13utilization_gpu_pct\x18\x0c \x01(\x05H\x05\x88\x01\x01\x12#\n\x16utilization_memory_pct\x18\r \x01(\x05H\x06\x88\x01\x01\x12\x1a\n\rtemperature_c\x18\x0e \x01(\x05H\x07\x88\x01\x01\x12\x15\n\x08power_mw\x18\x0f \x01(\x03H\x08\x88\x01\x01\x12\x1b\n\x0epower_limit_mw\x18\x10 \x01(\x03H\t\x88\x01\x01\x12\x18\n\x0b\x65\x63\x63_enabled\x18\x11 \x01(\x08H\n\x88\x01\x01\x12\x18\n\x0b\x65\x63\x63_pending\x18\x12 \x01(\x08H\x0b\x88\x01\x01\x12%\n\x18\x65\x63\x63_uncorrected_volatile\x18\x13 \x01(\x03H\x0c\x88\x01\x01\x12\"\n\x15retired_pages_pending\x18\x14 \x01(\x08H\r\x88\x01\x01\x12\x32\n\rremapped_rows\x18\x15 \x01(\x0b\x32\x1b.vmmgr.v1.AgentRemappedRows\x12 \n\x13virtualization_mode\x18\x16 \x01(\tH\x0e\x88\x01\x01\x12\x1b\n\x0ehost_vgpu_mode\x18\x17 \x01(\tH\x0f\x88\x01\x01\x12\x33\n\x0evgpu_supported\x18\x18 \x01(\x0b\x32\x1b.vmmgr.v1.AgentVgpuTypeList\x12\x33\n\x0evgpu_creatable\x18\x19 \x01(\x0b\x32\x1b.vmmgr.v1.AgentVgpuTypeList\x12\x16\n\tnuma_node\x18\x1a \x01(\x05H\x10\x88\x01\x01\x12\x1d\n\x10persistence_mode\x18\x1b \x01(\x08H\x11\x88\x01\x01\x12\x1e\n\x11\x63ompute_processes\x18\x1c \x01(\x05H\x12\x88\x01\x01\x12*\n\tmig_state\x18\x1d \x01(\x0b\x32\x17.vmmgr.v1.AgentMigState\x12\x0e\n\x06\x65rrors\x18\x1e \x03(\tB\x07\n\x05_uuidB\x07\n\x05_nameB\x10\n\x0e_pci_device_idB\x13\n\x11_memory_total_mibB\x12\n\x10_memory_used_mibB\x16\n\x14_utilization_gpu_pctB\x19\n\x17_utilization_memory_pctB\x10\n\x0e_temperature_cB\x0b\n\t_power_mwB\x11\n\x0f_power_limit_mwB\x0e\n\x0c_ecc_enabledB\x0e\n\x0c_ecc_pendingB\x1b\n\x19_ecc_uncorrected_volatileB\x18\n\x16_retired_pages_pendingB\x16\n\x14_virtualization_modeB\x11\n\x0f_host_vgpu_modeB\x0c\n\n_numa_nodeB\x13\n\x11_persistence_modeB\x14\n\x12_compute_processes\"`\n\x11\x41gentRemappedRows\x12\x13\n\x0b\x63orrectable\x18\x01 \x01(\x03\x12\x15\n\runcorrectable\x18\x02 \x01(\x03\x12\x0f\n\x07pending\x18\x03 \x01(\x08\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x08\"\\\n\rAgentVgpuType\x12\x0f\n\x07type_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\rmax_instances\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_max_instances\";\n\x11\x41gentVgpuTypeList\x12&\n\x05types\x18\x01 \x03(\x0b\x32\x17.vmmgr.v1.AgentVgpuType\"u\n\x0f\x41gentMigProfile\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06slices\x18\x04 \x01(\x05\x12\x12\n\nmemory_mib\x18\x05 \x01(\x03\x12\x15\n\rmax_instances\x18\x06 \x01(\x05\"m\n\x10\x41gentMigInstance\x12\x17\n\x0fgpu_instance_id\x18\x01 \x01(\x05\x12\x12\n\nprofile_id\x18\x02 \x01(\x05\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0c\n\x04size\x18\x05 \x01(\x05\"\xaf\x01\n\rAgentMigState\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07pending\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12+\n\x08profiles\x18\x03 \x03(\x0b\x32\x19.vmmgr.v1.AgentMigProfile\x12-\n\tinstances\x18\x04 \x03(\x0b\x32\x1a.vmmgr.v1.AgentMigInstanceB\n\n\x08_enabledB\n\n\x08_pending\"B\n\x11\x41gentMigPlacement\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x12\n\x05start\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_start\"\x88\x01\n\rAgentMdevType\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ndevice_api\x18\x03 \x01(\t\x12\x1b\n\x13\x61vailable_instances\x18\x04 \x01(\x05\x12\x1a\n\rmax_instances\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_max_instances\"l\n\x11\x41gentMdevInstance\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0f\n\x07type_id\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12\x18\n\x0biommu_group\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_iommu_group\"\xdf\x03\n\x0e\x41gentPciDevice\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tvendor_id\x18\x02 \x01(\r\x12\x12\n\nproduct_id\x18\x03 \x01(\r\x12\x11\n\tpci_class\x18\x04 \x01(\r\x12\"\n\x04kind\x18\x05 \x01(\x0e\x32\x14.vmmgr.v1.DeviceKind\x12\r\n\x05model\x18\x06 \x01(\t\x12\x13\n\x0bvendor_name\x18\x07 \x01(\t\x12\x14\n\x0cproduct_name\x18\x08 \x01(\t\x12\x14\n\x0cnodedev_name\x18\t \x01(\t\x12\x13\n\x06\x64river\x18\n \x01(\tH\x00\x88\x01\x01\x12\x16\n\tnuma_node\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0biommu_group\x18\x0c \x01(\x05H\x02\x88\x01\x01\x12\x1b\n\x13iommu_group_members\x18\r \x03(\t\x12\r\n\x05is_vf\x18\x0e \x01(\x08\x12\x0f\n\x02pf\x18\x0f \x01(\tH\x03\x88\x01\x01\x12\x0b\n\x03vfs\x18\x10 \x03(\t\x12\x14\n\x07max_vfs\x18\x11 \x01(\x05H\x04\x88\x01\x01\x12+\n\nmdev_types\x18\x12 \x03(\x0b\x32\x17.vmmgr.v1.AgentMdevTypeB\t\n\x07_driverB\x0c\n\n_numa_nodeB\x0e\n\x0c_iommu_groupB\x05\n\x03_pfB\n\n\x08_max_vfs\"\x8f\x01\n\x0f\x41gentMdevRecord\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x0f\n\x07type_id\x18\x03 \x01(\t\x12\x0b\n\x03via\x18\x04 \x01(\t\x12\x1a\n\rparent_driver\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x12\n\npersistent\x18\x06 \x01(\x08\x42\x10\n\x0e_parent_driver\"\x15\n\x13GetInventoryRequest\"\xd7\x01\n\x14GetInventoryResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12)\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x18.vmmgr.v1.AgentPciDevice\x12*\n\x05mdevs\x18\x03 \x03(\x0b\x32\x1b.vmmgr.v1.AgentMdevInstance\x12 \n\x04gpus\x18\x04 \x03(\x0b\x32\x12.vmmgr.v1.GpuFacts\x12 \n\x13nvml_driver_version\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x16\n\x14_nvml_driver_version\"\x14\n\x12GetGpuFactsRequest\"O\n\x13GetGpuFactsResponse\x12 \n\x04gpus\x18\x01 \x03(\x0b\x32\x12.vmmgr.v1.GpuFacts\x12\x16\n\x0e\x64river_version\x18\x02 \x01(\t\"i\n\x13\x43onfigureMigRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08profiles\x18\x02 \x03(\t\x12/\n\nplacements\x18\x03 \x03(\x0b\x32\x1b.vmmgr.v1.AgentMigPlacement\"^\n\x14\x43onfigureMigResponse\x12\x1e\n\x03mig\x18\x01 \x01(\x0b\x32\x11.vmmgr.v1.MigInfo\x12&\n\x05state\x18\x02 \x01(\x0b\x32\x17.vmmgr.v1.AgentMigState\"5\n\x11SetMigModeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"<\n\x12SetMigModeResponse\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.vmmgr.v1.AgentMigState\"O\n\x12ProgramFpgaRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x17\n\x0f\x65xpected_sha256\x18\x03 \x01(\t\"n\n\x13ProgramFpgaResponse\x12\x18\n\x10\x62itstream_sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12\x0e\n\x06output\x18\x05 \x01(\t\"P\n\x11\x43reateMdevRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0f\n\x07type_id\x18\x02 \x01(\t\x12\x11\n\x04uuid\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_uuid\"=\n\x12\x43reateMdevResponse\x12\'\n\x04mdev\x18\x01 \x01(\x0b\x32\x19.vmmgr.v1.AgentMdevRecord\"!\n\x11RemoveMdevRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"\x14\n\x12RemoveMdevResponse\"\x12\n\x10HeartbeatRequest\"L\n\x11HeartbeatResponse\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12\x0c\n\x04host\x18\x03 \x01(\t2\xe9\x04\n\x10HostAgentService\x12M\n\x0cGetInventory\x12\x1d.vmmgr.v1.GetInventoryRequest\x1a\x1e.vmmgr.v1.GetInventoryResponse\x12J\n\x0bGetGpuFacts\x12\x1c.vmmgr.v1.GetGpuFactsRequest\x1a\x1d.vmmgr.v1.GetGpuFactsResponse\x12M\n\x0c\x43onfigureMig\x12\x1d.vmmgr.v1.ConfigureMigRequest\x1a\x1e.vmmgr.v1.ConfigureMigResponse\x12G\n\nSetMigMode\x12\x1b.vmmgr.v1.SetMigModeRequest\x1a\x1c.vmmgr.v1.SetMigModeResponse\x12J\n\x0bProgramFpga\x12\x1c.vmmgr.v1.ProgramFpgaRequest\x1a\x1d.vmmgr.v1.ProgramFpgaResponse\x12G\n\nCreateMdev\x12\x1b.vmmgr.v1.CreateMdevRequest\x1a\x1c.vmmgr.v1.CreateMdevResponse\x12G\n\nRemoveMdev\x12\x1b.vmmgr.v1.RemoveMdevRequest\x1a\x1c.vmmgr.v1.RemoveMdevResponse\x12\x44\n\tHeartbeat\x12\x1a.vmmgr.v1.HeartbeatRequest\x1a\x1b.vmmgr.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vmmgr.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GPUFACTS']._serialized_start=57
-  _globals['_GPUFACTS']._serialized_end=177
-  _globals['_GETGPUFACTSREQUEST']._serialized_start=179
-  _globals['_GETGPUFACTSREQUEST']._serialized_end=199
-  _globals['_GETGPUFACTSRESPONSE']._serialized_start=201
-  _globals['_GETGPUFACTSRESPONSE']._serialized_end=280
-  _globals['_CONFIGUREMIGREQUEST']._serialized_start=282
-  _globals['_CONFIGUREMIGREQUEST']._serialized_end=338
-  _globals['_CONFIGUREMIGRESPONSE']._serialized_start=340
-  _globals['_CONFIGUREMIGRESPONSE']._serialized_end=394
-  _globals['_PROGRAMFPGAREQUEST']._serialized_start=396
-  _globals['_PROGRAMFPGAREQUEST']._serialized_end=450
-  _globals['_PROGRAMFPGARESPONSE']._serialized_start=452
-  _globals['_PROGRAMFPGARESPONSE']._serialized_end=499
-  _globals['_HEARTBEATREQUEST']._serialized_start=501
-  _globals['_HEARTBEATREQUEST']._serialized_end=519
-  _globals['_HEARTBEATRESPONSE']._serialized_start=521
-  _globals['_HEARTBEATRESPONSE']._serialized_end=583
-  _globals['_HOSTAGENTSERVICE']._serialized_start=586
-  _globals['_HOSTAGENTSERVICE']._serialized_end=905
+  _globals['_GPUFACTS']._serialized_start=58
+  _globals['_GPUFACTS']._serialized_end=1345
+  _globals['_AGENTREMAPPEDROWS']._serialized_start=1347
+  _globals['_AGENTREMAPPEDROWS']._serialized_end=1443
+  _globals['_AGENTVGPUTYPE']._serialized_start=1445
+  _globals['_AGENTVGPUTYPE']._serialized_end=1537
+  _globals['_AGENTVGPUTYPELIST']._serialized_start=1539
+  _globals['_AGENTVGPUTYPELIST']._serialized_end=1598
+  _globals['_AGENTMIGPROFILE']._serialized_start=1600
+  _globals['_AGENTMIGPROFILE']._serialized_end=1717
+  _globals['_AGENTMIGINSTANCE']._serialized_start=1719
+  _globals['_AGENTMIGINSTANCE']._serialized_end=1828
+  _globals['_AGENTMIGSTATE']._serialized_start=1831
+  _globals['_AGENTMIGSTATE']._serialized_end=2006
+  _globals['_AGENTMIGPLACEMENT']._serialized_start=2008
+  _globals['_AGENTMIGPLACEMENT']._serialized_end=2074
+  _globals['_AGENTMDEVTYPE']._serialized_start=2077
+  _globals['_AGENTMDEVTYPE']._serialized_end=2213
+  _globals['_AGENTMDEVINSTANCE']._serialized_start=2215
+  _globals['_AGENTMDEVINSTANCE']._serialized_end=2323
+  _globals['_AGENTPCIDEVICE']._serialized_start=2326
+  _globals['_AGENTPCIDEVICE']._serialized_end=2805
+  _globals['_AGENTMDEVRECORD']._serialized_start=2808
+  _globals['_AGENTMDEVRECORD']._serialized_end=2951
+  _globals['_GETINVENTORYREQUEST']._serialized_start=2953
+  _globals['_GETINVENTORYREQUEST']._serialized_end=2974
+  _globals['_GETINVENTORYRESPONSE']._serialized_start=2977
+  _globals['_GETINVENTORYRESPONSE']._serialized_end=3192
+  _globals['_GETGPUFACTSREQUEST']._serialized_start=3194
+  _globals['_GETGPUFACTSREQUEST']._serialized_end=3214
+  _globals['_GETGPUFACTSRESPONSE']._serialized_start=3216
+  _globals['_GETGPUFACTSRESPONSE']._serialized_end=3295
+  _globals['_CONFIGUREMIGREQUEST']._serialized_start=3297
+  _globals['_CONFIGUREMIGREQUEST']._serialized_end=3402
+  _globals['_CONFIGUREMIGRESPONSE']._serialized_start=3404
+  _globals['_CONFIGUREMIGRESPONSE']._serialized_end=3498
+  _globals['_SETMIGMODEREQUEST']._serialized_start=3500
+  _globals['_SETMIGMODEREQUEST']._serialized_end=3553
+  _globals['_SETMIGMODERESPONSE']._serialized_start=3555
+  _globals['_SETMIGMODERESPONSE']._serialized_end=3615
+  _globals['_PROGRAMFPGAREQUEST']._serialized_start=3617
+  _globals['_PROGRAMFPGAREQUEST']._serialized_end=3696
+  _globals['_PROGRAMFPGARESPONSE']._serialized_start=3698
+  _globals['_PROGRAMFPGARESPONSE']._serialized_end=3808
+  _globals['_CREATEMDEVREQUEST']._serialized_start=3810
+  _globals['_CREATEMDEVREQUEST']._serialized_end=3890
+  _globals['_CREATEMDEVRESPONSE']._serialized_start=3892
+  _globals['_CREATEMDEVRESPONSE']._serialized_end=3953
+  _globals['_REMOVEMDEVREQUEST']._serialized_start=3955
+  _globals['_REMOVEMDEVREQUEST']._serialized_end=3988
+  _globals['_REMOVEMDEVRESPONSE']._serialized_start=3990
+  _globals['_REMOVEMDEVRESPONSE']._serialized_end=4010
+  _globals['_HEARTBEATREQUEST']._serialized_start=4012
+  _globals['_HEARTBEATREQUEST']._serialized_end=4030
+  _globals['_HEARTBEATRESPONSE']._serialized_start=4032
+  _globals['_HEARTBEATRESPONSE']._serialized_end=4108
+  _globals['_HOSTAGENTSERVICE']._serialized_start=4111
+  _globals['_HOSTAGENTSERVICE']._serialized_end=4728
 # @@protoc_insertion_point(module_scope)

@@ -27,15 +27,84 @@ class GpuFacts(_message.Message):
     TELEMETRY_FIELD_NUMBER: _builtins.int
     MIG_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    PCI_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_MIB_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_MIB_FIELD_NUMBER: _builtins.int
+    UTILIZATION_GPU_PCT_FIELD_NUMBER: _builtins.int
+    UTILIZATION_MEMORY_PCT_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_C_FIELD_NUMBER: _builtins.int
+    POWER_MW_FIELD_NUMBER: _builtins.int
+    POWER_LIMIT_MW_FIELD_NUMBER: _builtins.int
+    ECC_ENABLED_FIELD_NUMBER: _builtins.int
+    ECC_PENDING_FIELD_NUMBER: _builtins.int
+    ECC_UNCORRECTED_VOLATILE_FIELD_NUMBER: _builtins.int
+    RETIRED_PAGES_PENDING_FIELD_NUMBER: _builtins.int
+    REMAPPED_ROWS_FIELD_NUMBER: _builtins.int
+    VIRTUALIZATION_MODE_FIELD_NUMBER: _builtins.int
+    HOST_VGPU_MODE_FIELD_NUMBER: _builtins.int
+    VGPU_SUPPORTED_FIELD_NUMBER: _builtins.int
+    VGPU_CREATABLE_FIELD_NUMBER: _builtins.int
+    NUMA_NODE_FIELD_NUMBER: _builtins.int
+    PERSISTENCE_MODE_FIELD_NUMBER: _builtins.int
+    COMPUTE_PROCESSES_FIELD_NUMBER: _builtins.int
+    MIG_STATE_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     """PCI address as the host sees it."""
+    index: _builtins.int
+    """The exact NVML facts (vmmgr.devices.model.GpuFacts)."""
+    uuid: _builtins.str
+    name: _builtins.str
+    lost: _builtins.bool
+    """NVML_ERROR_GPU_IS_LOST: the GPU fell off the bus."""
+    pci_device_id: _builtins.int
+    memory_total_mib: _builtins.int
+    memory_used_mib: _builtins.int
+    utilization_gpu_pct: _builtins.int
+    utilization_memory_pct: _builtins.int
+    temperature_c: _builtins.int
+    power_mw: _builtins.int
+    power_limit_mw: _builtins.int
+    ecc_enabled: _builtins.bool
+    ecc_pending: _builtins.bool
+    ecc_uncorrected_volatile: _builtins.int
+    retired_pages_pending: _builtins.bool
+    virtualization_mode: _builtins.str
+    host_vgpu_mode: _builtins.str
+    numa_node: _builtins.int
+    persistence_mode: _builtins.bool
+    compute_processes: _builtins.int
     @_builtins.property
-    def telemetry(self) -> _device_pb2.GpuTelemetry: ...
+    def telemetry(self) -> _device_pb2.GpuTelemetry:
+        """Summary in DeviceService's terms (derived from the exact fields below)."""
+
     @_builtins.property
     def mig(self) -> _device_pb2.MigInfo: ...
     @_builtins.property
     def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Health reasons the agent observed ("gpu lost", "uncorrected ECC")."""
+
+    @_builtins.property
+    def remapped_rows(self) -> Global___AgentRemappedRows:
+        """Unset: unknown."""
+
+    @_builtins.property
+    def vgpu_supported(self) -> Global___AgentVgpuTypeList:
+        """Unset: unknown (no vGPU manager); set with no types: none."""
+
+    @_builtins.property
+    def vgpu_creatable(self) -> Global___AgentVgpuTypeList: ...
+    @_builtins.property
+    def mig_state(self) -> Global___AgentMigState:
+        """Unset: MIG facts unknown."""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """NVML calls that failed for reasons other than Not Supported."""
 
     def __init__(
         self,
@@ -44,14 +113,575 @@ class GpuFacts(_message.Message):
         telemetry: _device_pb2.GpuTelemetry | None = ...,
         mig: _device_pb2.MigInfo | None = ...,
         problems: _abc.Iterable[_builtins.str] | None = ...,
+        index: _builtins.int = ...,
+        uuid: _builtins.str | None = ...,
+        name: _builtins.str | None = ...,
+        lost: _builtins.bool = ...,
+        pci_device_id: _builtins.int | None = ...,
+        memory_total_mib: _builtins.int | None = ...,
+        memory_used_mib: _builtins.int | None = ...,
+        utilization_gpu_pct: _builtins.int | None = ...,
+        utilization_memory_pct: _builtins.int | None = ...,
+        temperature_c: _builtins.int | None = ...,
+        power_mw: _builtins.int | None = ...,
+        power_limit_mw: _builtins.int | None = ...,
+        ecc_enabled: _builtins.bool | None = ...,
+        ecc_pending: _builtins.bool | None = ...,
+        ecc_uncorrected_volatile: _builtins.int | None = ...,
+        retired_pages_pending: _builtins.bool | None = ...,
+        remapped_rows: Global___AgentRemappedRows | None = ...,
+        virtualization_mode: _builtins.str | None = ...,
+        host_vgpu_mode: _builtins.str | None = ...,
+        vgpu_supported: Global___AgentVgpuTypeList | None = ...,
+        vgpu_creatable: Global___AgentVgpuTypeList | None = ...,
+        numa_node: _builtins.int | None = ...,
+        persistence_mode: _builtins.bool | None = ...,
+        compute_processes: _builtins.int | None = ...,
+        mig_state: Global___AgentMigState | None = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["mig", b"mig", "telemetry", b"telemetry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compute_processes", b"_compute_processes", "_ecc_enabled", b"_ecc_enabled", "_ecc_pending", b"_ecc_pending", "_ecc_uncorrected_volatile", b"_ecc_uncorrected_volatile", "_host_vgpu_mode", b"_host_vgpu_mode", "_memory_total_mib", b"_memory_total_mib", "_memory_used_mib", b"_memory_used_mib", "_name", b"_name", "_numa_node", b"_numa_node", "_pci_device_id", b"_pci_device_id", "_persistence_mode", b"_persistence_mode", "_power_limit_mw", b"_power_limit_mw", "_power_mw", b"_power_mw", "_retired_pages_pending", b"_retired_pages_pending", "_temperature_c", b"_temperature_c", "_utilization_gpu_pct", b"_utilization_gpu_pct", "_utilization_memory_pct", b"_utilization_memory_pct", "_uuid", b"_uuid", "_virtualization_mode", b"_virtualization_mode", "compute_processes", b"compute_processes", "ecc_enabled", b"ecc_enabled", "ecc_pending", b"ecc_pending", "ecc_uncorrected_volatile", b"ecc_uncorrected_volatile", "host_vgpu_mode", b"host_vgpu_mode", "memory_total_mib", b"memory_total_mib", "memory_used_mib", b"memory_used_mib", "mig", b"mig", "mig_state", b"mig_state", "name", b"name", "numa_node", b"numa_node", "pci_device_id", b"pci_device_id", "persistence_mode", b"persistence_mode", "power_limit_mw", b"power_limit_mw", "power_mw", b"power_mw", "remapped_rows", b"remapped_rows", "retired_pages_pending", b"retired_pages_pending", "telemetry", b"telemetry", "temperature_c", b"temperature_c", "utilization_gpu_pct", b"utilization_gpu_pct", "utilization_memory_pct", b"utilization_memory_pct", "uuid", b"uuid", "vgpu_creatable", b"vgpu_creatable", "vgpu_supported", b"vgpu_supported", "virtualization_mode", b"virtualization_mode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mig", b"mig", "problems", b"problems", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_processes", b"_compute_processes", "_ecc_enabled", b"_ecc_enabled", "_ecc_pending", b"_ecc_pending", "_ecc_uncorrected_volatile", b"_ecc_uncorrected_volatile", "_host_vgpu_mode", b"_host_vgpu_mode", "_memory_total_mib", b"_memory_total_mib", "_memory_used_mib", b"_memory_used_mib", "_name", b"_name", "_numa_node", b"_numa_node", "_pci_device_id", b"_pci_device_id", "_persistence_mode", b"_persistence_mode", "_power_limit_mw", b"_power_limit_mw", "_power_mw", b"_power_mw", "_retired_pages_pending", b"_retired_pages_pending", "_temperature_c", b"_temperature_c", "_utilization_gpu_pct", b"_utilization_gpu_pct", "_utilization_memory_pct", b"_utilization_memory_pct", "_uuid", b"_uuid", "_virtualization_mode", b"_virtualization_mode", "address", b"address", "compute_processes", b"compute_processes", "ecc_enabled", b"ecc_enabled", "ecc_pending", b"ecc_pending", "ecc_uncorrected_volatile", b"ecc_uncorrected_volatile", "errors", b"errors", "host_vgpu_mode", b"host_vgpu_mode", "index", b"index", "lost", b"lost", "memory_total_mib", b"memory_total_mib", "memory_used_mib", b"memory_used_mib", "mig", b"mig", "mig_state", b"mig_state", "name", b"name", "numa_node", b"numa_node", "pci_device_id", b"pci_device_id", "persistence_mode", b"persistence_mode", "power_limit_mw", b"power_limit_mw", "power_mw", b"power_mw", "problems", b"problems", "remapped_rows", b"remapped_rows", "retired_pages_pending", b"retired_pages_pending", "telemetry", b"telemetry", "temperature_c", b"temperature_c", "utilization_gpu_pct", b"utilization_gpu_pct", "utilization_memory_pct", b"utilization_memory_pct", "uuid", b"uuid", "vgpu_creatable", b"vgpu_creatable", "vgpu_supported", b"vgpu_supported", "virtualization_mode", b"virtualization_mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__compute_processes: _TypeAlias = _typing.Literal["compute_processes"]  # noqa: Y015
+    _WhichOneofArgType__compute_processes: _TypeAlias = _typing.Literal["_compute_processes", b"_compute_processes"]  # noqa: Y015
+    _WhichOneofReturnType__ecc_enabled: _TypeAlias = _typing.Literal["ecc_enabled"]  # noqa: Y015
+    _WhichOneofArgType__ecc_enabled: _TypeAlias = _typing.Literal["_ecc_enabled", b"_ecc_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__ecc_pending: _TypeAlias = _typing.Literal["ecc_pending"]  # noqa: Y015
+    _WhichOneofArgType__ecc_pending: _TypeAlias = _typing.Literal["_ecc_pending", b"_ecc_pending"]  # noqa: Y015
+    _WhichOneofReturnType__ecc_uncorrected_volatile: _TypeAlias = _typing.Literal["ecc_uncorrected_volatile"]  # noqa: Y015
+    _WhichOneofArgType__ecc_uncorrected_volatile: _TypeAlias = _typing.Literal["_ecc_uncorrected_volatile", b"_ecc_uncorrected_volatile"]  # noqa: Y015
+    _WhichOneofReturnType__host_vgpu_mode: _TypeAlias = _typing.Literal["host_vgpu_mode"]  # noqa: Y015
+    _WhichOneofArgType__host_vgpu_mode: _TypeAlias = _typing.Literal["_host_vgpu_mode", b"_host_vgpu_mode"]  # noqa: Y015
+    _WhichOneofReturnType__memory_total_mib: _TypeAlias = _typing.Literal["memory_total_mib"]  # noqa: Y015
+    _WhichOneofArgType__memory_total_mib: _TypeAlias = _typing.Literal["_memory_total_mib", b"_memory_total_mib"]  # noqa: Y015
+    _WhichOneofReturnType__memory_used_mib: _TypeAlias = _typing.Literal["memory_used_mib"]  # noqa: Y015
+    _WhichOneofArgType__memory_used_mib: _TypeAlias = _typing.Literal["_memory_used_mib", b"_memory_used_mib"]  # noqa: Y015
+    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
+    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__numa_node: _TypeAlias = _typing.Literal["numa_node"]  # noqa: Y015
+    _WhichOneofArgType__numa_node: _TypeAlias = _typing.Literal["_numa_node", b"_numa_node"]  # noqa: Y015
+    _WhichOneofReturnType__pci_device_id: _TypeAlias = _typing.Literal["pci_device_id"]  # noqa: Y015
+    _WhichOneofArgType__pci_device_id: _TypeAlias = _typing.Literal["_pci_device_id", b"_pci_device_id"]  # noqa: Y015
+    _WhichOneofReturnType__persistence_mode: _TypeAlias = _typing.Literal["persistence_mode"]  # noqa: Y015
+    _WhichOneofArgType__persistence_mode: _TypeAlias = _typing.Literal["_persistence_mode", b"_persistence_mode"]  # noqa: Y015
+    _WhichOneofReturnType__power_limit_mw: _TypeAlias = _typing.Literal["power_limit_mw"]  # noqa: Y015
+    _WhichOneofArgType__power_limit_mw: _TypeAlias = _typing.Literal["_power_limit_mw", b"_power_limit_mw"]  # noqa: Y015
+    _WhichOneofReturnType__power_mw: _TypeAlias = _typing.Literal["power_mw"]  # noqa: Y015
+    _WhichOneofArgType__power_mw: _TypeAlias = _typing.Literal["_power_mw", b"_power_mw"]  # noqa: Y015
+    _WhichOneofReturnType__retired_pages_pending: _TypeAlias = _typing.Literal["retired_pages_pending"]  # noqa: Y015
+    _WhichOneofArgType__retired_pages_pending: _TypeAlias = _typing.Literal["_retired_pages_pending", b"_retired_pages_pending"]  # noqa: Y015
+    _WhichOneofReturnType__temperature_c: _TypeAlias = _typing.Literal["temperature_c"]  # noqa: Y015
+    _WhichOneofArgType__temperature_c: _TypeAlias = _typing.Literal["_temperature_c", b"_temperature_c"]  # noqa: Y015
+    _WhichOneofReturnType__utilization_gpu_pct: _TypeAlias = _typing.Literal["utilization_gpu_pct"]  # noqa: Y015
+    _WhichOneofArgType__utilization_gpu_pct: _TypeAlias = _typing.Literal["_utilization_gpu_pct", b"_utilization_gpu_pct"]  # noqa: Y015
+    _WhichOneofReturnType__utilization_memory_pct: _TypeAlias = _typing.Literal["utilization_memory_pct"]  # noqa: Y015
+    _WhichOneofArgType__utilization_memory_pct: _TypeAlias = _typing.Literal["_utilization_memory_pct", b"_utilization_memory_pct"]  # noqa: Y015
+    _WhichOneofReturnType__uuid: _TypeAlias = _typing.Literal["uuid"]  # noqa: Y015
+    _WhichOneofArgType__uuid: _TypeAlias = _typing.Literal["_uuid", b"_uuid"]  # noqa: Y015
+    _WhichOneofReturnType__virtualization_mode: _TypeAlias = _typing.Literal["virtualization_mode"]  # noqa: Y015
+    _WhichOneofArgType__virtualization_mode: _TypeAlias = _typing.Literal["_virtualization_mode", b"_virtualization_mode"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compute_processes) -> _WhichOneofReturnType__compute_processes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ecc_enabled) -> _WhichOneofReturnType__ecc_enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ecc_pending) -> _WhichOneofReturnType__ecc_pending | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ecc_uncorrected_volatile) -> _WhichOneofReturnType__ecc_uncorrected_volatile | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__host_vgpu_mode) -> _WhichOneofReturnType__host_vgpu_mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_total_mib) -> _WhichOneofReturnType__memory_total_mib | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_used_mib) -> _WhichOneofReturnType__memory_used_mib | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__numa_node) -> _WhichOneofReturnType__numa_node | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pci_device_id) -> _WhichOneofReturnType__pci_device_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__persistence_mode) -> _WhichOneofReturnType__persistence_mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__power_limit_mw) -> _WhichOneofReturnType__power_limit_mw | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__power_mw) -> _WhichOneofReturnType__power_mw | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retired_pages_pending) -> _WhichOneofReturnType__retired_pages_pending | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature_c) -> _WhichOneofReturnType__temperature_c | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__utilization_gpu_pct) -> _WhichOneofReturnType__utilization_gpu_pct | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__utilization_memory_pct) -> _WhichOneofReturnType__utilization_memory_pct | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uuid) -> _WhichOneofReturnType__uuid | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__virtualization_mode) -> _WhichOneofReturnType__virtualization_mode | None: ...
+
+Global___GpuFacts: _TypeAlias = GpuFacts  # noqa: Y015
+
+@_typing.final
+class AgentRemappedRows(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTABLE_FIELD_NUMBER: _builtins.int
+    UNCORRECTABLE_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    correctable: _builtins.int
+    uncorrectable: _builtins.int
+    pending: _builtins.bool
+    failed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        correctable: _builtins.int = ...,
+        uncorrectable: _builtins.int = ...,
+        pending: _builtins.bool = ...,
+        failed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correctable", b"correctable", "failed", b"failed", "pending", b"pending", "uncorrectable", b"uncorrectable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GpuFacts: _TypeAlias = GpuFacts  # noqa: Y015
+Global___AgentRemappedRows: _TypeAlias = AgentRemappedRows  # noqa: Y015
+
+@_typing.final
+class AgentVgpuType(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MAX_INSTANCES_FIELD_NUMBER: _builtins.int
+    type_id: _builtins.int
+    name: _builtins.str
+    max_instances: _builtins.int
+    def __init__(
+        self,
+        *,
+        type_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        max_instances: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "max_instances", b"max_instances"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "max_instances", b"max_instances", "name", b"name", "type_id", b"type_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_instances: _TypeAlias = _typing.Literal["max_instances"]  # noqa: Y015
+    _WhichOneofArgType__max_instances: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_instances) -> _WhichOneofReturnType__max_instances | None: ...
+
+Global___AgentVgpuType: _TypeAlias = AgentVgpuType  # noqa: Y015
+
+@_typing.final
+class AgentVgpuTypeList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def types(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentVgpuType]: ...
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[Global___AgentVgpuType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentVgpuTypeList: _TypeAlias = AgentVgpuTypeList  # noqa: Y015
+
+@_typing.final
+class AgentMigProfile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
+    MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    MAX_INSTANCES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """NVML_GPU_INSTANCE_PROFILE_* constant."""
+    id: _builtins.int
+    """Profile id used to create instances."""
+    name: _builtins.str
+    slices: _builtins.int
+    memory_mib: _builtins.int
+    max_instances: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        slices: _builtins.int = ...,
+        memory_mib: _builtins.int = ...,
+        max_instances: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "index", b"index", "max_instances", b"max_instances", "memory_mib", b"memory_mib", "name", b"name", "slices", b"slices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentMigProfile: _TypeAlias = AgentMigProfile  # noqa: Y015
+
+@_typing.final
+class AgentMigInstance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    gpu_instance_id: _builtins.int
+    profile_id: _builtins.int
+    profile: _builtins.str
+    start: _builtins.int
+    """Placement start and size in memory slices."""
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        gpu_instance_id: _builtins.int = ...,
+        profile_id: _builtins.int = ...,
+        profile: _builtins.str = ...,
+        start: _builtins.int = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_instance_id", b"gpu_instance_id", "profile", b"profile", "profile_id", b"profile_id", "size", b"size", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentMigInstance: _TypeAlias = AgentMigInstance  # noqa: Y015
+
+@_typing.final
+class AgentMigState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Current mode; unset: unknown (MIG not supported)."""
+    pending: _builtins.bool
+    """Mode after the next GPU reset."""
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentMigProfile]: ...
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentMigInstance]: ...
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool | None = ...,
+        pending: _builtins.bool | None = ...,
+        profiles: _abc.Iterable[Global___AgentMigProfile] | None = ...,
+        instances: _abc.Iterable[Global___AgentMigInstance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_pending", b"_pending", "enabled", b"enabled", "pending", b"pending"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_pending", b"_pending", "enabled", b"enabled", "instances", b"instances", "pending", b"pending", "profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__pending: _TypeAlias = _typing.Literal["pending"]  # noqa: Y015
+    _WhichOneofArgType__pending: _TypeAlias = _typing.Literal["_pending", b"_pending"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pending) -> _WhichOneofReturnType__pending | None: ...
+
+Global___AgentMigState: _TypeAlias = AgentMigState  # noqa: Y015
+
+@_typing.final
+class AgentMigPlacement(_message.Message):
+    """One GPU instance of a geometry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    profile: _builtins.str
+    start: _builtins.int
+    """Unset: NVML places it."""
+    def __init__(
+        self,
+        *,
+        profile: _builtins.str = ...,
+        start: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start", b"_start", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start", b"_start", "profile", b"profile", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start: _TypeAlias = _typing.Literal["start"]  # noqa: Y015
+    _WhichOneofArgType__start: _TypeAlias = _typing.Literal["_start", b"_start"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start) -> _WhichOneofReturnType__start | None: ...
+
+Global___AgentMigPlacement: _TypeAlias = AgentMigPlacement  # noqa: Y015
+
+@_typing.final
+class AgentMdevType(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_API_FIELD_NUMBER: _builtins.int
+    AVAILABLE_INSTANCES_FIELD_NUMBER: _builtins.int
+    MAX_INSTANCES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """"nvidia-700"."""
+    name: _builtins.str
+    """"GRID A100D-4C"."""
+    device_api: _builtins.str
+    available_instances: _builtins.int
+    max_instances: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        device_api: _builtins.str = ...,
+        available_instances: _builtins.int = ...,
+        max_instances: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "max_instances", b"max_instances"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "available_instances", b"available_instances", "device_api", b"device_api", "id", b"id", "max_instances", b"max_instances", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_instances: _TypeAlias = _typing.Literal["max_instances"]  # noqa: Y015
+    _WhichOneofArgType__max_instances: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_instances) -> _WhichOneofReturnType__max_instances | None: ...
+
+Global___AgentMdevType: _TypeAlias = AgentMdevType  # noqa: Y015
+
+@_typing.final
+class AgentMdevInstance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    TYPE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    IOMMU_GROUP_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    type_id: _builtins.str
+    parent: _builtins.str
+    """PCI address of the parent device."""
+    iommu_group: _builtins.int
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        type_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        iommu_group: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_iommu_group", b"_iommu_group", "iommu_group", b"iommu_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_iommu_group", b"_iommu_group", "iommu_group", b"iommu_group", "parent", b"parent", "type_id", b"type_id", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__iommu_group: _TypeAlias = _typing.Literal["iommu_group"]  # noqa: Y015
+    _WhichOneofArgType__iommu_group: _TypeAlias = _typing.Literal["_iommu_group", b"_iommu_group"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__iommu_group) -> _WhichOneofReturnType__iommu_group | None: ...
+
+Global___AgentMdevInstance: _TypeAlias = AgentMdevInstance  # noqa: Y015
+
+@_typing.final
+class AgentPciDevice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    VENDOR_ID_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    PCI_CLASS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VENDOR_NAME_FIELD_NUMBER: _builtins.int
+    PRODUCT_NAME_FIELD_NUMBER: _builtins.int
+    NODEDEV_NAME_FIELD_NUMBER: _builtins.int
+    DRIVER_FIELD_NUMBER: _builtins.int
+    NUMA_NODE_FIELD_NUMBER: _builtins.int
+    IOMMU_GROUP_FIELD_NUMBER: _builtins.int
+    IOMMU_GROUP_MEMBERS_FIELD_NUMBER: _builtins.int
+    IS_VF_FIELD_NUMBER: _builtins.int
+    PF_FIELD_NUMBER: _builtins.int
+    VFS_FIELD_NUMBER: _builtins.int
+    MAX_VFS_FIELD_NUMBER: _builtins.int
+    MDEV_TYPES_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    vendor_id: _builtins.int
+    product_id: _builtins.int
+    pci_class: _builtins.int
+    """e.g. 0x030200."""
+    kind: _device_pb2.DeviceKind.ValueType
+    model: _builtins.str
+    vendor_name: _builtins.str
+    product_name: _builtins.str
+    nodedev_name: _builtins.str
+    driver: _builtins.str
+    numa_node: _builtins.int
+    iommu_group: _builtins.int
+    is_vf: _builtins.bool
+    pf: _builtins.str
+    max_vfs: _builtins.int
+    @_builtins.property
+    def iommu_group_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def vfs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def mdev_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentMdevType]: ...
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        vendor_id: _builtins.int = ...,
+        product_id: _builtins.int = ...,
+        pci_class: _builtins.int = ...,
+        kind: _device_pb2.DeviceKind.ValueType = ...,
+        model: _builtins.str = ...,
+        vendor_name: _builtins.str = ...,
+        product_name: _builtins.str = ...,
+        nodedev_name: _builtins.str = ...,
+        driver: _builtins.str | None = ...,
+        numa_node: _builtins.int | None = ...,
+        iommu_group: _builtins.int | None = ...,
+        iommu_group_members: _abc.Iterable[_builtins.str] | None = ...,
+        is_vf: _builtins.bool = ...,
+        pf: _builtins.str | None = ...,
+        vfs: _abc.Iterable[_builtins.str] | None = ...,
+        max_vfs: _builtins.int | None = ...,
+        mdev_types: _abc.Iterable[Global___AgentMdevType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_driver", b"_driver", "_iommu_group", b"_iommu_group", "_max_vfs", b"_max_vfs", "_numa_node", b"_numa_node", "_pf", b"_pf", "driver", b"driver", "iommu_group", b"iommu_group", "max_vfs", b"max_vfs", "numa_node", b"numa_node", "pf", b"pf"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_driver", b"_driver", "_iommu_group", b"_iommu_group", "_max_vfs", b"_max_vfs", "_numa_node", b"_numa_node", "_pf", b"_pf", "address", b"address", "driver", b"driver", "iommu_group", b"iommu_group", "iommu_group_members", b"iommu_group_members", "is_vf", b"is_vf", "kind", b"kind", "max_vfs", b"max_vfs", "mdev_types", b"mdev_types", "model", b"model", "nodedev_name", b"nodedev_name", "numa_node", b"numa_node", "pci_class", b"pci_class", "pf", b"pf", "product_id", b"product_id", "product_name", b"product_name", "vendor_id", b"vendor_id", "vendor_name", b"vendor_name", "vfs", b"vfs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__driver: _TypeAlias = _typing.Literal["driver"]  # noqa: Y015
+    _WhichOneofArgType__driver: _TypeAlias = _typing.Literal["_driver", b"_driver"]  # noqa: Y015
+    _WhichOneofReturnType__iommu_group: _TypeAlias = _typing.Literal["iommu_group"]  # noqa: Y015
+    _WhichOneofArgType__iommu_group: _TypeAlias = _typing.Literal["_iommu_group", b"_iommu_group"]  # noqa: Y015
+    _WhichOneofReturnType__max_vfs: _TypeAlias = _typing.Literal["max_vfs"]  # noqa: Y015
+    _WhichOneofArgType__max_vfs: _TypeAlias = _typing.Literal["_max_vfs", b"_max_vfs"]  # noqa: Y015
+    _WhichOneofReturnType__numa_node: _TypeAlias = _typing.Literal["numa_node"]  # noqa: Y015
+    _WhichOneofArgType__numa_node: _TypeAlias = _typing.Literal["_numa_node", b"_numa_node"]  # noqa: Y015
+    _WhichOneofReturnType__pf: _TypeAlias = _typing.Literal["pf"]  # noqa: Y015
+    _WhichOneofArgType__pf: _TypeAlias = _typing.Literal["_pf", b"_pf"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__driver) -> _WhichOneofReturnType__driver | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__iommu_group) -> _WhichOneofReturnType__iommu_group | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_vfs) -> _WhichOneofReturnType__max_vfs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__numa_node) -> _WhichOneofReturnType__numa_node | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pf) -> _WhichOneofReturnType__pf | None: ...
+
+Global___AgentPciDevice: _TypeAlias = AgentPciDevice  # noqa: Y015
+
+@_typing.final
+class AgentMdevRecord(_message.Message):
+    """What undoing or recreating a created mdev needs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    TYPE_ID_FIELD_NUMBER: _builtins.int
+    VIA_FIELD_NUMBER: _builtins.int
+    PARENT_DRIVER_FIELD_NUMBER: _builtins.int
+    PERSISTENT_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    parent: _builtins.str
+    type_id: _builtins.str
+    via: _builtins.str
+    """"sysfs" | "libvirt"."""
+    parent_driver: _builtins.str
+    persistent: _builtins.bool
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        type_id: _builtins.str = ...,
+        via: _builtins.str = ...,
+        parent_driver: _builtins.str | None = ...,
+        persistent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parent_driver", b"_parent_driver", "parent_driver", b"parent_driver"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parent_driver", b"_parent_driver", "parent", b"parent", "parent_driver", b"parent_driver", "persistent", b"persistent", "type_id", b"type_id", "uuid", b"uuid", "via", b"via"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__parent_driver: _TypeAlias = _typing.Literal["parent_driver"]  # noqa: Y015
+    _WhichOneofArgType__parent_driver: _TypeAlias = _typing.Literal["_parent_driver", b"_parent_driver"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_driver) -> _WhichOneofReturnType__parent_driver | None: ...
+
+Global___AgentMdevRecord: _TypeAlias = AgentMdevRecord  # noqa: Y015
+
+@_typing.final
+class GetInventoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInventoryRequest: _TypeAlias = GetInventoryRequest  # noqa: Y015
+
+@_typing.final
+class GetInventoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    MDEVS_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    NVML_DRIVER_VERSION_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    nvml_driver_version: _builtins.str
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentPciDevice]: ...
+    @_builtins.property
+    def mdevs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentMdevInstance]: ...
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuFacts]:
+        """Empty without NVML on the host."""
+
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        devices: _abc.Iterable[Global___AgentPciDevice] | None = ...,
+        mdevs: _abc.Iterable[Global___AgentMdevInstance] | None = ...,
+        gpus: _abc.Iterable[Global___GpuFacts] | None = ...,
+        nvml_driver_version: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nvml_driver_version", b"_nvml_driver_version", "nvml_driver_version", b"nvml_driver_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nvml_driver_version", b"_nvml_driver_version", "devices", b"devices", "gpus", b"gpus", "host", b"host", "mdevs", b"mdevs", "nvml_driver_version", b"nvml_driver_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nvml_driver_version: _TypeAlias = _typing.Literal["nvml_driver_version"]  # noqa: Y015
+    _WhichOneofArgType__nvml_driver_version: _TypeAlias = _typing.Literal["_nvml_driver_version", b"_nvml_driver_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nvml_driver_version) -> _WhichOneofReturnType__nvml_driver_version | None: ...
+
+Global___GetInventoryResponse: _TypeAlias = GetInventoryResponse  # noqa: Y015
 
 @_typing.final
 class GetGpuFactsRequest(_message.Message):
@@ -75,6 +705,7 @@ class GetGpuFactsResponse(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     DRIVER_VERSION_FIELD_NUMBER: _builtins.int
     driver_version: _builtins.str
+    """Empty when not known here; GetInventory carries nvml_driver_version."""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuFacts]: ...
     def __init__(
@@ -97,18 +728,26 @@ class ConfigureMigRequest(_message.Message):
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     PROFILES_FIELD_NUMBER: _builtins.int
+    PLACEMENTS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     @_builtins.property
-    def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Profiles NVML places itself; use either profiles or placements, not both."""
+
+    @_builtins.property
+    def placements(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentMigPlacement]:
+        """Profiles with an optional placement start."""
+
     def __init__(
         self,
         *,
         address: _builtins.str = ...,
         profiles: _abc.Iterable[_builtins.str] | None = ...,
+        placements: _abc.Iterable[Global___AgentMigPlacement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "profiles", b"profiles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "placements", b"placements", "profiles", b"profiles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -119,20 +758,66 @@ class ConfigureMigResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MIG_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def mig(self) -> _device_pb2.MigInfo: ...
+    @_builtins.property
+    def state(self) -> Global___AgentMigState: ...
     def __init__(
         self,
         *,
         mig: _device_pb2.MigInfo | None = ...,
+        state: Global___AgentMigState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["mig", b"mig"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mig", b"mig", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mig", b"mig"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mig", b"mig", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConfigureMigResponse: _TypeAlias = ConfigureMigResponse  # noqa: Y015
+
+@_typing.final
+class SetMigModeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMigModeRequest: _TypeAlias = SetMigModeRequest  # noqa: Y015
+
+@_typing.final
+class SetMigModeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___AgentMigState: ...
+    def __init__(
+        self,
+        *,
+        state: Global___AgentMigState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMigModeResponse: _TypeAlias = SetMigModeResponse  # noqa: Y015
 
 @_typing.final
 class ProgramFpgaRequest(_message.Message):
@@ -140,17 +825,24 @@ class ProgramFpgaRequest(_message.Message):
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    EXPECTED_SHA256_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     profile: _builtins.str
+    """Name of a profile configured on the agent's host."""
+    expected_sha256: _builtins.str
+    """When set, the sha256 the caller expects the agent's profile to name; a different one is
+    FAILED_PRECONDITION (controller and agent configs disagree) and nothing runs.
+    """
     def __init__(
         self,
         *,
         address: _builtins.str = ...,
         profile: _builtins.str = ...,
+        expected_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "expected_sha256", b"expected_sha256", "profile", b"profile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,19 +853,118 @@ class ProgramFpgaResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BITSTREAM_SHA256_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     bitstream_sha256: _builtins.str
+    device: _builtins.str
+    profile: _builtins.str
+    output: _builtins.str
+    """Tail of its stdout and stderr."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The command that ran."""
+
     def __init__(
         self,
         *,
         bitstream_sha256: _builtins.str = ...,
+        device: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        output: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitstream_sha256", b"bitstream_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "bitstream_sha256", b"bitstream_sha256", "device", b"device", "output", b"output", "profile", b"profile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProgramFpgaResponse: _TypeAlias = ProgramFpgaResponse  # noqa: Y015
+
+@_typing.final
+class CreateMdevRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    TYPE_ID_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """PCI address of the parent device."""
+    type_id: _builtins.str
+    uuid: _builtins.str
+    """Unset: the agent picks a random UUID."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        type_id: _builtins.str = ...,
+        uuid: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_uuid", b"_uuid", "uuid", b"uuid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uuid", b"_uuid", "parent", b"parent", "type_id", b"type_id", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__uuid: _TypeAlias = _typing.Literal["uuid"]  # noqa: Y015
+    _WhichOneofArgType__uuid: _TypeAlias = _typing.Literal["_uuid", b"_uuid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uuid) -> _WhichOneofReturnType__uuid | None: ...
+
+Global___CreateMdevRequest: _TypeAlias = CreateMdevRequest  # noqa: Y015
+
+@_typing.final
+class CreateMdevResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MDEV_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mdev(self) -> Global___AgentMdevRecord: ...
+    def __init__(
+        self,
+        *,
+        mdev: Global___AgentMdevRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mdev", b"mdev"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mdev", b"mdev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateMdevResponse: _TypeAlias = CreateMdevResponse  # noqa: Y015
+
+@_typing.final
+class RemoveMdevRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMdevRequest: _TypeAlias = RemoveMdevRequest  # noqa: Y015
+
+@_typing.final
+class RemoveMdevResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMdevResponse: _TypeAlias = RemoveMdevResponse  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):
@@ -196,17 +987,21 @@ class HeartbeatResponse(_message.Message):
 
     HOST_UUID_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
     host_uuid: _builtins.str
     uptime_seconds: _builtins.float
+    host: _builtins.str
+    """The agent's host name (DeviceAgent.host)."""
     def __init__(
         self,
         *,
         host_uuid: _builtins.str = ...,
         uptime_seconds: _builtins.float = ...,
+        host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_uuid", b"host_uuid", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "host_uuid", b"host_uuid", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,10 @@ if _version_not_supported:
 class HostAgentServiceStub:
     """The host agent role of vmmgrd: what only the host itself can do (NVML, MIG, FPGA programming,
     mdev sysfs). The controller calls it; a host without an agent works from libvirt data alone.
+
+    Messages prefixed "Agent" carry vmmgr.devices.model dataclasses one-to-one (drivers/devices/
+    agent_remote.py and vmmgr/api/agent.py convert): an unset optional field means "unknown"
+    (e.g. NVML answered Not Supported), never zero.
     """
 
     def __init__(self, channel):
@@ -36,6 +40,11 @@ class HostAgentServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetInventory = channel.unary_unary(
+                '/vmmgr.v1.HostAgentService/GetInventory',
+                request_serializer=vmmgr_dot_v1_dot_agent__pb2.GetInventoryRequest.SerializeToString,
+                response_deserializer=vmmgr_dot_v1_dot_agent__pb2.GetInventoryResponse.FromString,
+                _registered_method=True)
         self.GetGpuFacts = channel.unary_unary(
                 '/vmmgr.v1.HostAgentService/GetGpuFacts',
                 request_serializer=vmmgr_dot_v1_dot_agent__pb2.GetGpuFactsRequest.SerializeToString,
@@ -46,10 +55,25 @@ class HostAgentServiceStub:
                 request_serializer=vmmgr_dot_v1_dot_agent__pb2.ConfigureMigRequest.SerializeToString,
                 response_deserializer=vmmgr_dot_v1_dot_agent__pb2.ConfigureMigResponse.FromString,
                 _registered_method=True)
+        self.SetMigMode = channel.unary_unary(
+                '/vmmgr.v1.HostAgentService/SetMigMode',
+                request_serializer=vmmgr_dot_v1_dot_agent__pb2.SetMigModeRequest.SerializeToString,
+                response_deserializer=vmmgr_dot_v1_dot_agent__pb2.SetMigModeResponse.FromString,
+                _registered_method=True)
         self.ProgramFpga = channel.unary_unary(
                 '/vmmgr.v1.HostAgentService/ProgramFpga',
                 request_serializer=vmmgr_dot_v1_dot_agent__pb2.ProgramFpgaRequest.SerializeToString,
                 response_deserializer=vmmgr_dot_v1_dot_agent__pb2.ProgramFpgaResponse.FromString,
+                _registered_method=True)
+        self.CreateMdev = channel.unary_unary(
+                '/vmmgr.v1.HostAgentService/CreateMdev',
+                request_serializer=vmmgr_dot_v1_dot_agent__pb2.CreateMdevRequest.SerializeToString,
+                response_deserializer=vmmgr_dot_v1_dot_agent__pb2.CreateMdevResponse.FromString,
+                _registered_method=True)
+        self.RemoveMdev = channel.unary_unary(
+                '/vmmgr.v1.HostAgentService/RemoveMdev',
+                request_serializer=vmmgr_dot_v1_dot_agent__pb2.RemoveMdevRequest.SerializeToString,
+                response_deserializer=vmmgr_dot_v1_dot_agent__pb2.RemoveMdevResponse.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/vmmgr.v1.HostAgentService/Heartbeat',
@@ -61,7 +85,18 @@ class HostAgentServiceStub:
 class HostAgentServiceServicer:
     """The host agent role of vmmgrd: what only the host itself can do (NVML, MIG, FPGA programming,
     mdev sysfs). The controller calls it; a host without an agent works from libvirt data alone.
+
+    Messages prefixed "Agent" carry vmmgr.devices.model dataclasses one-to-one (drivers/devices/
+    agent_remote.py and vmmgr/api/agent.py convert): an unset optional field means "unknown"
+    (e.g. NVML answered Not Supported), never zero.
     """
+
+    def GetInventory(self, request, context):
+        """libvirt node devices + sysfs + NVML facts of the agent's host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetGpuFacts(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -76,7 +111,29 @@ class HostAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMigMode(self, request, context):
+        """Requests MIG mode on or off; it takes effect at the next GPU reset (see pending).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ProgramFpga(self, request, context):
+        """Programs an FPGA with one of the agent's locally configured profiles (vmmgrd config
+        [fpga_profiles.NAME]). The request only names the profile: the agent never runs a command
+        or reads a bitstream path sent over the network.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateMdev(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMdev(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,6 +148,11 @@ class HostAgentServiceServicer:
 
 def add_HostAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetInventory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInventory,
+                    request_deserializer=vmmgr_dot_v1_dot_agent__pb2.GetInventoryRequest.FromString,
+                    response_serializer=vmmgr_dot_v1_dot_agent__pb2.GetInventoryResponse.SerializeToString,
+            ),
             'GetGpuFacts': grpc.unary_unary_rpc_method_handler(
                     servicer.GetGpuFacts,
                     request_deserializer=vmmgr_dot_v1_dot_agent__pb2.GetGpuFactsRequest.FromString,
@@ -101,10 +163,25 @@ def add_HostAgentServiceServicer_to_server(servicer, server):
                     request_deserializer=vmmgr_dot_v1_dot_agent__pb2.ConfigureMigRequest.FromString,
                     response_serializer=vmmgr_dot_v1_dot_agent__pb2.ConfigureMigResponse.SerializeToString,
             ),
+            'SetMigMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMigMode,
+                    request_deserializer=vmmgr_dot_v1_dot_agent__pb2.SetMigModeRequest.FromString,
+                    response_serializer=vmmgr_dot_v1_dot_agent__pb2.SetMigModeResponse.SerializeToString,
+            ),
             'ProgramFpga': grpc.unary_unary_rpc_method_handler(
                     servicer.ProgramFpga,
                     request_deserializer=vmmgr_dot_v1_dot_agent__pb2.ProgramFpgaRequest.FromString,
                     response_serializer=vmmgr_dot_v1_dot_agent__pb2.ProgramFpgaResponse.SerializeToString,
+            ),
+            'CreateMdev': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMdev,
+                    request_deserializer=vmmgr_dot_v1_dot_agent__pb2.CreateMdevRequest.FromString,
+                    response_serializer=vmmgr_dot_v1_dot_agent__pb2.CreateMdevResponse.SerializeToString,
+            ),
+            'RemoveMdev': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMdev,
+                    request_deserializer=vmmgr_dot_v1_dot_agent__pb2.RemoveMdevRequest.FromString,
+                    response_serializer=vmmgr_dot_v1_dot_agent__pb2.RemoveMdevResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -122,7 +199,38 @@ def add_HostAgentServiceServicer_to_server(servicer, server):
 class HostAgentService:
     """The host agent role of vmmgrd: what only the host itself can do (NVML, MIG, FPGA programming,
     mdev sysfs). The controller calls it; a host without an agent works from libvirt data alone.
+
+    Messages prefixed "Agent" carry vmmgr.devices.model dataclasses one-to-one (drivers/devices/
+    agent_remote.py and vmmgr/api/agent.py convert): an unset optional field means "unknown"
+    (e.g. NVML answered Not Supported), never zero.
     """
+
+    @staticmethod
+    def GetInventory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmmgr.v1.HostAgentService/GetInventory',
+            vmmgr_dot_v1_dot_agent__pb2.GetInventoryRequest.SerializeToString,
+            vmmgr_dot_v1_dot_agent__pb2.GetInventoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetGpuFacts(request,
@@ -179,6 +287,33 @@ class HostAgentService:
             _registered_method=True)
 
     @staticmethod
+    def SetMigMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmmgr.v1.HostAgentService/SetMigMode',
+            vmmgr_dot_v1_dot_agent__pb2.SetMigModeRequest.SerializeToString,
+            vmmgr_dot_v1_dot_agent__pb2.SetMigModeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ProgramFpga(request,
             target,
             options=(),
@@ -195,6 +330,60 @@ class HostAgentService:
             '/vmmgr.v1.HostAgentService/ProgramFpga',
             vmmgr_dot_v1_dot_agent__pb2.ProgramFpgaRequest.SerializeToString,
             vmmgr_dot_v1_dot_agent__pb2.ProgramFpgaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateMdev(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmmgr.v1.HostAgentService/CreateMdev',
+            vmmgr_dot_v1_dot_agent__pb2.CreateMdevRequest.SerializeToString,
+            vmmgr_dot_v1_dot_agent__pb2.CreateMdevResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMdev(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmmgr.v1.HostAgentService/RemoveMdev',
+            vmmgr_dot_v1_dot_agent__pb2.RemoveMdevRequest.SerializeToString,
+            vmmgr_dot_v1_dot_agent__pb2.RemoveMdevResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,35 +29,75 @@ GRPC_VERSION: str
 class HostAgentServiceStub:
     """The host agent role of vmmgrd: what only the host itself can do (NVML, MIG, FPGA programming,
     mdev sysfs). The controller calls it; a host without an agent works from libvirt data alone.
+
+    Messages prefixed "Agent" carry vmmgr.devices.model dataclasses one-to-one (drivers/devices/
+    agent_remote.py and vmmgr/api/agent.py convert): an unset optional field means "unknown"
+    (e.g. NVML answered Not Supported), never zero.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> HostAgentServiceAsyncStub: ...
+    GetInventory: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetInventoryRequest, _agent_pb2.GetInventoryResponse]
+    """libvirt node devices + sysfs + NVML facts of the agent's host."""
     GetGpuFacts: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetGpuFactsRequest, _agent_pb2.GetGpuFactsResponse]
     ConfigureMig: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ConfigureMigRequest, _agent_pb2.ConfigureMigResponse]
     """Creates the listed GPU instances on an idle GPU (destroying existing ones first)."""
+    SetMigMode: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetMigModeRequest, _agent_pb2.SetMigModeResponse]
+    """Requests MIG mode on or off; it takes effect at the next GPU reset (see pending)."""
     ProgramFpga: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ProgramFpgaRequest, _agent_pb2.ProgramFpgaResponse]
+    """Programs an FPGA with one of the agent's locally configured profiles (vmmgrd config
+    [fpga_profiles.NAME]). The request only names the profile: the agent never runs a command
+    or reads a bitstream path sent over the network.
+    """
+    CreateMdev: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CreateMdevRequest, _agent_pb2.CreateMdevResponse]
+    RemoveMdev: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RemoveMdevRequest, _agent_pb2.RemoveMdevResponse]
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]
 
 @_typing.type_check_only
 class HostAgentServiceAsyncStub(HostAgentServiceStub):
     """The host agent role of vmmgrd: what only the host itself can do (NVML, MIG, FPGA programming,
     mdev sysfs). The controller calls it; a host without an agent works from libvirt data alone.
+
+    Messages prefixed "Agent" carry vmmgr.devices.model dataclasses one-to-one (drivers/devices/
+    agent_remote.py and vmmgr/api/agent.py convert): an unset optional field means "unknown"
+    (e.g. NVML answered Not Supported), never zero.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    GetInventory: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetInventoryRequest, _agent_pb2.GetInventoryResponse]  # type: ignore[assignment]
+    """libvirt node devices + sysfs + NVML facts of the agent's host."""
     GetGpuFacts: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetGpuFactsRequest, _agent_pb2.GetGpuFactsResponse]  # type: ignore[assignment]
     ConfigureMig: _aio.UnaryUnaryMultiCallable[_agent_pb2.ConfigureMigRequest, _agent_pb2.ConfigureMigResponse]  # type: ignore[assignment]
     """Creates the listed GPU instances on an idle GPU (destroying existing ones first)."""
+    SetMigMode: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetMigModeRequest, _agent_pb2.SetMigModeResponse]  # type: ignore[assignment]
+    """Requests MIG mode on or off; it takes effect at the next GPU reset (see pending)."""
     ProgramFpga: _aio.UnaryUnaryMultiCallable[_agent_pb2.ProgramFpgaRequest, _agent_pb2.ProgramFpgaResponse]  # type: ignore[assignment]
+    """Programs an FPGA with one of the agent's locally configured profiles (vmmgrd config
+    [fpga_profiles.NAME]). The request only names the profile: the agent never runs a command
+    or reads a bitstream path sent over the network.
+    """
+    CreateMdev: _aio.UnaryUnaryMultiCallable[_agent_pb2.CreateMdevRequest, _agent_pb2.CreateMdevResponse]  # type: ignore[assignment]
+    RemoveMdev: _aio.UnaryUnaryMultiCallable[_agent_pb2.RemoveMdevRequest, _agent_pb2.RemoveMdevResponse]  # type: ignore[assignment]
     Heartbeat: _aio.UnaryUnaryMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]  # type: ignore[assignment]
 
 class HostAgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """The host agent role of vmmgrd: what only the host itself can do (NVML, MIG, FPGA programming,
     mdev sysfs). The controller calls it; a host without an agent works from libvirt data alone.
+
+    Messages prefixed "Agent" carry vmmgr.devices.model dataclasses one-to-one (drivers/devices/
+    agent_remote.py and vmmgr/api/agent.py convert): an unset optional field means "unknown"
+    (e.g. NVML answered Not Supported), never zero.
     """
+
+    @_abc_1.abstractmethod
+    def GetInventory(
+        self,
+        request: _agent_pb2.GetInventoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.GetInventoryResponse, _abc.Awaitable[_agent_pb2.GetInventoryResponse]]:
+        """libvirt node devices + sysfs + NVML facts of the agent's host."""
 
     @_abc_1.abstractmethod
     def GetGpuFacts(
@@ -75,11 +115,37 @@ class HostAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates the listed GPU instances on an idle GPU (destroying existing ones first)."""
 
     @_abc_1.abstractmethod
+    def SetMigMode(
+        self,
+        request: _agent_pb2.SetMigModeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.SetMigModeResponse, _abc.Awaitable[_agent_pb2.SetMigModeResponse]]:
+        """Requests MIG mode on or off; it takes effect at the next GPU reset (see pending)."""
+
+    @_abc_1.abstractmethod
     def ProgramFpga(
         self,
         request: _agent_pb2.ProgramFpgaRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.ProgramFpgaResponse, _abc.Awaitable[_agent_pb2.ProgramFpgaResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.ProgramFpgaResponse, _abc.Awaitable[_agent_pb2.ProgramFpgaResponse]]:
+        """Programs an FPGA with one of the agent's locally configured profiles (vmmgrd config
+        [fpga_profiles.NAME]). The request only names the profile: the agent never runs a command
+        or reads a bitstream path sent over the network.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateMdev(
+        self,
+        request: _agent_pb2.CreateMdevRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.CreateMdevResponse, _abc.Awaitable[_agent_pb2.CreateMdevResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveMdev(
+        self,
+        request: _agent_pb2.RemoveMdevRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.RemoveMdevResponse, _abc.Awaitable[_agent_pb2.RemoveMdevResponse]]: ...
 
     @_abc_1.abstractmethod
     def Heartbeat(
