@@ -19,6 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vmmgr import config as config_mod
+from vmmgr.api import security
+from vmmgr.api.admin import AdminServicer
 from vmmgr.api.devices import DeviceServicer
 from vmmgr.api.hosts import HostServicer
 from vmmgr.api.images import ImageServicer
@@ -29,6 +31,7 @@ from vmmgr.config import Config
 from vmmgr.devices.ports import DeviceAgent
 from vmmgr.errors import AlreadyExists, Unavailable, VmmgrError
 from vmmgr.logs import setup_logging
+from vmmgr.metrics import Metrics
 from vmmgr.ports import Hypervisor, ImageFiles
 from vmmgr.scheduler import Scheduler
 from vmmgr.services.accelerators import Accelerators
@@ -182,8 +185,16 @@ def build_core(
     return Core(config, store, events, ops, conns, hosts, images, vms, devices)
 
 
-def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"))
+def build_server(
+    core: Core, listen: str, workers: int = 16, *, metrics: Metrics | None = None
+) -> tuple[grpc.Server, int]:
+    # --- security & observability (issue 7): TLS checks, auth/audit/metrics interceptor ---
+    sec = security.prepare(core.config, core.store, listen, metrics)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+        interceptors=[sec.interceptor],
+    )
+    # --- end issue 7 block ---
     vm_pb2_grpc.add_VMServiceServicer_to_server(
         VMServicer(core.vms, GroupService(core.store)), server
     )
@@ -197,9 +208,7 @@ def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Serve
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(
         planned(policy_pb2_grpc.PolicyServiceServicer, "periodic policies (issue 6)"), server
     )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        planned(admin_pb2_grpc.AdminServiceServicer, "tokens, projects and audit (issue 7)"), server
-    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core.store), server)
     agent_pb2_grpc.add_HostAgentServiceServicer_to_server(
         planned(agent_pb2_grpc.HostAgentServiceServicer, "the host agent (issue 3)"), server
     )
@@ -210,9 +219,7 @@ def build_server(core: Core, listen: str, workers: int = 16) -> tuple[grpc.Serve
     reflection.enable_server_reflection(
         [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise SystemExit(f"vmmgrd: cannot listen on {listen}")
+    port = security.add_ports(server, sec, listen, core.config.unix_socket)  # issue 7
     return server, port
 
 
@@ -241,6 +248,7 @@ def _startup_conveniences(core: Core) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_mod.load(list(argv) if argv is not None else None)
     setup_logging(config.log_level, json_lines=config.log_json)
+    from drivers.devices.agents import agent_factory
     from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtHypervisor
     from drivers.image_files import LocalImageFiles
 
@@ -249,10 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             keepalive_interval_s=config.keepalive_interval_s, keepalive_count=config.keepalive_count
         )
     )
-    core = build_core(config, hypervisor, LocalImageFiles())
+    core = build_core(config, hypervisor, LocalImageFiles(), agent_factory())
     core.start()
-    server, port = build_server(core, config.listen, config.rpc_workers)
+    metrics = Metrics(core.store)  # issue 7: one registry for gRPC and /metrics
+    server, port = build_server(core, config.listen, config.rpc_workers, metrics=metrics)
     server.start()
+    metrics_server = security.serve_metrics(config, metrics)
     log.info("vmmgrd listening on %s (port %d), store %s", config.listen, port, core.store.backend)
     _startup_conveniences(core)
 
@@ -262,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.wait()
     log.info("vmmgrd stopping")
     server.stop(grace=5).wait()
+    if metrics_server is not None:
+        metrics_server.stop()
     core.stop()
     return 0
 

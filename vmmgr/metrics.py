@@ -12,14 +12,14 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
-from sqlalchemy import func
+from sqlalchemy import and_, func
 from sqlmodel import col, select
 
 from vmmgr.state import Store
@@ -76,14 +76,14 @@ class StoreCollector(Collector):
         with self.store.read_session() as s:
             by_state = dict(s.exec(select(VM.state, func.count()).group_by(VM.state)).all())
             vms = GaugeMetricFamily("vmmgr_vms", "VMs by observed state", labels=["state"])
-            for state in VMState:
-                vms.add_metric([state.value], by_state.pop(state.value, 0))
-            for state, n in by_state.items():
-                vms.add_metric([state], n)
+            for known in VMState:
+                vms.add_metric([known.value], by_state.pop(known.value, 0))
+            for other, n in by_state.items():
+                vms.add_metric([str(other)], n)
             out.append(vms)
 
             used: dict[str, tuple[int, int, int]] = {
-                h: (n, c, m) for h, n, c, m in s.exec(
+                str(h): (n, c, m) for h, n, c, m in s.exec(
                     select(VM.host, func.count(), func.coalesce(func.sum(VM.vcpus), 0),
                            func.coalesce(func.sum(VM.memory_mib), 0))
                     .where(col(VM.host).is_not(None)).group_by(VM.host)).all()
@@ -111,7 +111,8 @@ class StoreCollector(Collector):
         latest = (select(HostSample.host, func.max(HostSample.time).label("t"))
                   .group_by(HostSample.host).subquery())
         rows = s.exec(select(HostSample.host, HostSample.cpu_util).join(
-            latest, (HostSample.host == latest.c.host) & (HostSample.time == latest.c.t)))
+            latest, and_(col(HostSample.host) == latest.c.host,
+                         col(HostSample.time) == latest.c.t)))
         return {h: u for h, u in rows.all() if u is not None}
 
     @staticmethod

@@ -254,3 +254,14 @@ def test_mig_geometry_plan_and_apply(daemon: Daemon, env: Env) -> None:
     got, _ = code_of(daemon.devices_stub().ApplyMigGeometry, device_pb2.ApplyMigGeometryRequest(
         device_id=A100, profiles=["1g.10gb"]))
     assert got == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_vgpu_mdevs_are_recreated_after_a_host_reboot(daemon: Daemon, env: Env) -> None:
+    op = create(daemon, "infer", vgpu_type="nvidia-700")
+    (hd,) = hostdevs(daemon, op.result["vm_id"])
+    env.fs.write(str(env.fs.sys / "bus" / "mdev" / "devices" / hd["uuid"] / "remove"), "1")
+    assert not (env.fs.sys / "bus" / "mdev" / "devices" / hd["uuid"]).exists()  # "rebooted"
+    daemon.devices_stub().RescanDevices(device_pb2.RescanDevicesRequest(host="gpu1"))
+    assert (env.fs.sys / "bus" / "mdev" / "devices" / hd["uuid"]).exists()
+    assert [e.kind for e in daemon.events_list("device.mdev_recreated")] == [
+        "device.mdev_recreated"]

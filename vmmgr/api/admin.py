@@ -61,7 +61,7 @@ def project_to_proto(p: Project) -> admin_pb2.Project:
 
 def token_to_proto(t: Token) -> admin_pb2.Token:
     return admin_pb2.Token(id=t.id, name=t.name, project=t.project,
-                           role=ROLE_ENUM.get(t.role, admin_pb2.ROLE_UNSPECIFIED),
+                           role=ROLE_ENUM.get(t.role, 0),  # type: ignore[arg-type]
                            create_time=convert.ts(t.created_at), revoked=t.revoked)
 
 

@@ -8,6 +8,7 @@ response -> metrics -> audit (mutating methods, whatever the result, refusals in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -89,7 +90,7 @@ def audit_project(request: Any, who: Principal | None) -> str:
             msg = getattr(msg, part, None)
         if isinstance(msg, str) and msg:
             return msg
-    return who.project or "" if who is not None else ""
+    return (who.project or "") if who is not None else ""
 
 
 def demand_of(request: Any) -> Demand:
@@ -142,10 +143,10 @@ class ApiInterceptor(grpc.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         if handler is None or perm.is_public(method):
             return handler
-        md: Metadata = tuple(details.invocation_metadata or ())  # type: ignore[attr-defined]
+        md: Metadata = tuple(details.invocation_metadata or ())
         deser = _safe_deserializer(handler.request_deserializer)
         ser = handler.response_serializer
         if handler.unary_unary is not None:
@@ -234,10 +235,8 @@ class ApiInterceptor(grpc.ServerInterceptor):
         logs.request_id.set(rid)
         if self.metrics is not None:
             self.metrics.rpc_in_flight.inc()
-        try:
+        with contextlib.suppress(Exception):  # the call may already be cancelled
             context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
-        except Exception:  # noqa: BLE001 - the call may already be cancelled
-            pass
         return call
 
     def _authorize(self, call: _Call, md: Metadata, context: grpc.ServicerContext) -> Principal:
@@ -324,7 +323,7 @@ def _status_name(context: grpc.ServicerContext, completed: bool) -> str:
     """The call's status: set by an abort, else OK when the handler returned, else UNKNOWN
     (an exception escaped, which grpc reports as UNKNOWN)."""
     try:
-        code = context.code()  # type: ignore[attr-defined]
+        code = context.code()
     except Exception:  # noqa: BLE001
         code = None
     if code is None:
@@ -336,7 +335,7 @@ def _status_name(context: grpc.ServicerContext, completed: bool) -> str:
 
 def _details(context: grpc.ServicerContext) -> str:
     try:
-        d = context.details()  # type: ignore[attr-defined]
+        d = context.details()
     except Exception:  # noqa: BLE001
         return ""
     if isinstance(d, bytes):

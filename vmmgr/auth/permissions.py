@@ -11,14 +11,14 @@ from vmmgr.state.models import Role
 
 RANK: dict[Role, int] = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 
-V, O, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+V, OP, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 
 _TABLE: dict[str, dict[str, Role]] = {
     "vmmgr.v1.VMService": {
-        "CreateVM": O, "GetVM": V, "ListVMs": V, "DeleteVM": O, "StartVM": O, "StopVM": O,
-        "RebootVM": O, "SuspendVM": O, "ResumeVM": O, "ExplainPlacement": V, "MigrateVM": O,
-        "GetMigratability": V, "CreatePlacementGroup": O, "ListPlacementGroups": V,
-        "DeletePlacementGroup": O,
+        "CreateVM": OP, "GetVM": V, "ListVMs": V, "DeleteVM": OP, "StartVM": OP, "StopVM": OP,
+        "RebootVM": OP, "SuspendVM": OP, "ResumeVM": OP, "ExplainPlacement": V, "MigrateVM": OP,
+        "GetMigratability": V, "CreatePlacementGroup": OP, "ListPlacementGroups": V,
+        "DeletePlacementGroup": OP,
     },
     "vmmgr.v1.HostService": {
         "RegisterHost": A, "GetHost": V, "ListHosts": V, "UpdateHost": A, "RemoveHost": A,
@@ -33,7 +33,7 @@ _TABLE: dict[str, dict[str, Role]] = {
         "RescanDevices": A, "PlanMigGeometry": V, "ApplyMigGeometry": A,
     },
     "vmmgr.v1.OperationService": {
-        "GetOperation": V, "ListOperations": V, "WaitOperation": V, "CancelOperation": O,
+        "GetOperation": V, "ListOperations": V, "WaitOperation": V, "CancelOperation": OP,
         "WatchOperation": V,
     },
     "vmmgr.v1.EventService": {"ListEvents": V, "WatchEvents": V},

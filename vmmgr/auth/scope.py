@@ -28,7 +28,7 @@ def is_uuid(value: str) -> bool:
 
 
 def _force_project(msg: Any, field: str, project: str) -> None:
-    asked = getattr(msg, "project")
+    asked = msg.project
     if asked and asked != project:
         raise PermissionDenied(
             f"a token of project {project!r} cannot act on project {asked[:80]!r}", field=field

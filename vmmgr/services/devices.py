@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 from vmmgr.devices.health import evaluate_host_health
 from vmmgr.devices.inventory import inventory_from_xml
+from vmmgr.devices.mdev import DeclaredMdev, reconcile_mdevs
 from vmmgr.devices.mig import (
     MigDemand,
     MigPlan,
@@ -28,7 +29,7 @@ from vmmgr.services.events import EventBus
 from vmmgr.services.operations import OperationContext, Operations
 from vmmgr.snapshot import DeviceHealth, DeviceKind
 from vmmgr.state import Store, repo
-from vmmgr.state.models import Device, DeviceSample, Host, Operation
+from vmmgr.state.models import ClaimKind, Device, DeviceSample, Host, Operation
 from vmmgr.state.snapshot_builder import build_snapshot
 from vmmgr.state.types import utcnow
 
@@ -140,6 +141,8 @@ class DeviceService:
             inv = agent.inventory()
         else:
             inv = inventory_from_xml(host, self.conns.get(host).list_node_device_xml())
+        if agent is not None:
+            self._recreate_mdevs(host, inv, agent)
         rows = [device_row(host, d) for d in tracked(inv)]
         now = utcnow()
         with self.store.session() as s:
@@ -195,6 +198,28 @@ class DeviceService:
                     reasons="; ".join(ev.reasons),
                 )
         return devices
+
+    def _recreate_mdevs(self, host: str, inv: HostInventory, agent: DeviceAgent) -> None:
+        """After a host reboot the VMs' vGPU mdevs are gone: make them again, same uuids."""
+        with self.store.read_session() as s:
+            declared = [
+                DeclaredMdev(
+                    uuid=c.mdev_uuid,
+                    parent=repo.get_device(s, c.device_id).address,
+                    type_id=c.mdev_type,
+                    vm_id=c.vm_id,
+                )
+                for c in repo.list_claims(s, host=host)
+                if c.kind == ClaimKind.MDEV.value and c.mdev_uuid
+            ]
+        for d in reconcile_mdevs(declared, inv.mdevs).recreate:
+            agent.create_mdev(d.parent, d.type_id, d.uuid)
+            self.events.publish(
+                "device.mdev_recreated",
+                f"{host}/{d.parent}",
+                f"recreated mdev {d.uuid} ({d.type_id}) for vm {d.vm_id}",
+                vm_id=d.vm_id or "",
+            )
 
     def rescan_all(self) -> None:
         for name in self.conns.names():
