@@ -165,6 +165,7 @@ def build_core(
         on_event=lambda e: holder["vms"].on_domain_event(e),  # type: ignore[attr-defined]
         on_up=lambda n: holder["hosts"].connection_up(n),  # type: ignore[attr-defined]
         on_down=lambda n, err: holder["hosts"].connection_down(n, err),  # type: ignore[attr-defined]
+        on_devices_changed=lambda n: holder["devices"].request_rescan(n),  # type: ignore[attr-defined]
     )
     hosts = HostService(store, conns, events, config)
     images = ImageService(store, conns, ops, events, image_files, config)
@@ -181,7 +182,7 @@ def build_core(
         Accelerators(store, config.fpga_profile_map()),
     )
     hosts.on_registered.append(devices.rescan)
-    holder.update(vms=vms, hosts=hosts)
+    holder.update(vms=vms, hosts=hosts, devices=devices)
     return Core(config, store, events, ops, conns, hosts, images, vms, devices)
 
 

@@ -265,3 +265,18 @@ def test_vgpu_mdevs_are_recreated_after_a_host_reboot(daemon: Daemon, env: Env) 
     assert (env.fs.sys / "bus" / "mdev" / "devices" / hd["uuid"]).exists()
     assert [e.kind for e in daemon.events_list("device.mdev_recreated")] == [
         "device.mdev_recreated"]
+
+
+def test_node_device_events_coalesce_into_one_rescan(daemon: Daemon) -> None:
+    import time
+
+    calls: list[str] = []
+    real = daemon.core.devices.rescan
+    daemon.core.devices.rescan = lambda host: calls.append(host) or real(host)  # type: ignore[method-assign]
+    for _ in range(5):
+        daemon.core.devices.request_rescan("gpu1", delay_s=0.2)
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert calls == ["gpu1"]

@@ -194,9 +194,9 @@ class ApiInterceptor(grpc.ServerInterceptor):
                 who = call.who
                 self._guard(call, context,
                             lambda: scope_response(method, response, who, self.store))
-            op = getattr(response, "operation", None)
-            if op is not None and getattr(op, "id", ""):
-                call.response_note = f"operation {op.id}"
+            op_id = getattr(getattr(response, "operation", None), "id", None)
+            if isinstance(op_id, str) and op_id:
+                call.response_note = f"operation {op_id}"
             call.completed = True
             return response
         finally:

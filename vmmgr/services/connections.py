@@ -41,11 +41,13 @@ class ConnectionManager:
         on_event: Callable[[DomainEvent], None],
         on_up: Callable[[str], None],
         on_down: Callable[[str, str], None],
+        on_devices_changed: Callable[[str], None] = lambda host: None,
     ) -> None:
         self._hv = hypervisor
         self._on_event = on_event
         self._on_up = on_up
         self._on_down = on_down
+        self._on_devices_changed = on_devices_changed
         self._lock = threading.RLock()
         self._hosts: dict[str, _Entry] = {}
 
@@ -88,6 +90,7 @@ class ConnectionManager:
                 raise Unavailable(f"host {name!r} is unreachable: {exc.message}") from exc
             entry.conn, entry.backoff_s, entry.last_error = conn, 0.0, ""
         conn.on_domain_event(self._on_event)
+        conn.on_node_device_event(lambda _dev: self._on_devices_changed(name))
         conn.on_close(partial(self._closed, name, conn))
         self._on_up(name)
         return conn

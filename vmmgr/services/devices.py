@@ -8,6 +8,7 @@ presence. Decisions (health, MIG geometry) are the pure functions of vmmgr.devic
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
@@ -127,6 +128,8 @@ class DeviceService:
         self.events = events
         self.ops = ops
         self._agent_for = agent_for
+        self._pending: dict[str, threading.Timer] = {}
+        self._pending_lock = threading.Lock()
 
     def agent(self, host: str) -> DeviceAgent | None:
         with self.store.read_session() as s:
@@ -220,6 +223,24 @@ class DeviceService:
                 f"recreated mdev {d.uuid} ({d.type_id}) for vm {d.vm_id}",
                 vm_id=d.vm_id or "",
             )
+
+    def request_rescan(self, host: str, delay_s: float = 2.0) -> None:
+        """A node device event: rescan soon, once per burst of events."""
+        with self._pending_lock:
+            if host in self._pending:
+                return
+            timer = threading.Timer(delay_s, self._rescan_pending, (host,))
+            timer.daemon = True
+            self._pending[host] = timer
+        timer.start()
+
+    def _rescan_pending(self, host: str) -> None:
+        with self._pending_lock:
+            self._pending.pop(host, None)
+        try:
+            self.rescan(host)
+        except Exception as exc:  # a timer thread has nobody to raise to
+            log.warning("device rescan of %s after a node device event failed: %s", host, exc)
 
     def rescan_all(self) -> None:
         for name in self.conns.names():

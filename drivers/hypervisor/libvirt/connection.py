@@ -80,6 +80,8 @@ class LibvirtConnection:
         self._alive = False
         self._closed = False
         self._event_cb_id: int | None = None
+        self._nodedev_cb_id: int | None = None
+        self._nodedev_listeners: list[Callable[[str], None]] = []
         self._backoff_s = config.reconnect_min_backoff_s
         self._next_attempt = 0.0
         self._last_error = ""
@@ -153,6 +155,7 @@ class LibvirtConnection:
             self._event_cb_id = conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
             )
+            self._nodedev_cb_id = self._register_nodedev_events(conn)
         except libvirt.libvirtError as e:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
@@ -186,6 +189,10 @@ class LibvirtConnection:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.domainEventDeregisterAny(self._event_cb_id)
             self._event_cb_id = None
+        if self._nodedev_cb_id is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.nodeDeviceEventDeregisterAny(self._nodedev_cb_id)
+            self._nodedev_cb_id = None
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         with contextlib.suppress(libvirt.libvirtError):
@@ -253,6 +260,33 @@ class LibvirtConnection:
         uuid, name = dom.UUIDString(), dom.name()
         self._dispatcher.submit(lambda: self._emit(dom, uuid, name, event, detail))
 
+    def _register_nodedev_events(self, conn: libvirt.virConnect) -> int | None:
+        """Node device lifecycle events (a GPU or an mdev appears or goes): best effort, some
+        drivers do not offer them."""
+        try:
+            return int(
+                conn.nodeDeviceEventRegisterAny(
+                    None, libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, self._on_nodedev, None
+                )
+            )
+        except libvirt.libvirtError as e:
+            log.info("no node device events from %s: %s", self.uri, e)
+            return None
+
+    def _on_nodedev(
+        self,
+        _conn: libvirt.virConnect,
+        dev: libvirt.virNodeDevice,
+        event: int,
+        detail: int,
+        _o: object,
+    ) -> None:
+        name = dev.name()
+        with self._lock:
+            listeners = list(self._nodedev_listeners)
+        for listener in listeners:
+            self._dispatcher.submit(functools.partial(listener, name))
+
     def _emit(self, dom: libvirt.virDomain, uuid: str, name: str, event: int, detail: int) -> None:
         reason, detail_name, state = event_names(event, detail)
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
@@ -299,6 +333,11 @@ class LibvirtConnection:
             return DomainState.UNKNOWN
 
     # ------------------------------------------------------------------ listeners
+
+    def on_node_device_event(self, callback: Callable[[str], None]) -> None:
+        """``callback(nodedev_name)`` whenever a node device is created, deleted or changed."""
+        with self._lock:
+            self._nodedev_listeners.append(callback)
 
     def on_domain_event(self, callback: Callable[[DomainEvent], None]) -> None:
         with self._lock:
