@@ -19,6 +19,8 @@ STAMP="$OUT/.tiny.stamp"
 log() { printf '[build-tiny] %s\n' "$*" >&2; }
 
 mkdir -p "$DEBS"
+exec 9>"$OUT/.lock"   # one build at a time per output directory
+flock 9
 export MTOOLS_SKIP_CHECK=1 LC_ALL=C
 
 for tool in dpkg-deb depmod modprobe cpio xz mkfs.vfat mcopy syslinux qemu-img; do

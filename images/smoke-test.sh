@@ -40,10 +40,13 @@ ID="smoke-$$-$RANDOM"
 NAME="vmmgr-smoke-$$"
 QPID=""
 cleanup() {
-  [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
-  [ -n "${RPID:-}" ] && kill "$RPID" 2>/dev/null
-  [ "$MODE" = libvirt ] && virsh -q -c qemu:///system destroy "$NAME" >/dev/null 2>&1
+  local rc=$?
+  set +e
+  if [ -n "$QPID" ]; then kill "$QPID" 2>/dev/null; wait "$QPID" 2>/dev/null; fi
+  if [ -n "${RPID:-}" ]; then kill "$RPID" 2>/dev/null; fi
+  if [ "$MODE" = libvirt ]; then virsh -q -c qemu:///system destroy "$NAME" >/dev/null 2>&1; fi
   rm -rf "$TMP"
+  exit "$rc"
 }
 trap cleanup EXIT
 seed_args=()

@@ -135,5 +135,12 @@ install_venv() {
   log "venv: done"
 }
 
+# One install at a time per checkout (make targets and engineers run this concurrently).
+LOCK="${TMPDIR:-/tmp}/vmmgr-install-deps-$(printf '%s' "$ROOT" | sha1sum | cut -c1-12).lock"
+exec 9>"$LOCK"
+if ! flock -n 9; then
+  log "another install-deps is running for $ROOT; waiting for it"
+  flock 9
+fi
 if [ -z "${VMMGR_SKIP_APT:-}" ]; then install_apt; fi
 install_venv

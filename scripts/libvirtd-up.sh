@@ -43,6 +43,8 @@ start() {  # start NAME [ARGS]: run NAME in the foreground under a detached subr
 
 answers() { timeout 10 virsh -q -c "$URI" version >/dev/null 2>&1; }
 
+exec 9>/run/vmmgr-libvirtd-up.lock   # one start-up at a time
+flock 9
 mkdir -p "$LOGDIR" /run/libvirt /var/lib/libvirt/images /var/lib/libvirt/qemu /var/cache/libvirt
 # Without udev nobody applies the kvm group rule; qemu runs as libvirt-qemu (group kvm).
 if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != kvm:660 ]; then

@@ -5,10 +5,13 @@ This is the one module of vmmgr/ that imports drivers/ (and policies/).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from vmmgr import config as config_mod
 from vmmgr.api import security
 from vmmgr.api.admin import AdminServicer
+from vmmgr.api.agent import HostAgentServicer
 from vmmgr.api.devices import DeviceServicer
 from vmmgr.api.hosts import HostServicer
 from vmmgr.api.images import ImageServicer
@@ -67,6 +71,7 @@ from vmmgr.v1 import (
 )
 
 log = logging.getLogger("vmmgrd")
+LOCAL_URI = "qemu:///system"
 
 SERVICE_NAMES = [
     vm_pb2.DESCRIPTOR.services_by_name["VMService"].full_name,
@@ -187,7 +192,12 @@ def build_core(
 
 
 def build_server(
-    core: Core, listen: str, workers: int = 16, *, metrics: Metrics | None = None
+    core: Core,
+    listen: str,
+    workers: int = 16,
+    *,
+    metrics: Metrics | None = None,
+    agent: HostAgentServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     # --- security & observability (issue 7): TLS checks, auth/audit/metrics interceptor ---
     sec = security.prepare(core.config, core.store, listen, metrics)
@@ -211,7 +221,12 @@ def build_server(
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core.store), server)
     agent_pb2_grpc.add_HostAgentServiceServicer_to_server(
-        planned(agent_pb2_grpc.HostAgentServiceServicer, "the host agent (issue 3)"), server
+        agent
+        or planned(
+            agent_pb2_grpc.HostAgentServiceServicer,
+            "a host agent on this daemon (start vmmgrd on the host itself)",
+        ),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -246,6 +261,26 @@ def _startup_conveniences(core: Core) -> None:
             log.error("cannot import image %s from %s: %s", name, path, exc)
 
 
+def _local_agent(
+    config: Config, hypervisor: Hypervisor, agents: AgentFactory
+) -> HostAgentServicer | None:
+    """The host agent role: this daemon answers NVML / MIG / FPGA / mdev calls for its own
+    machine (in the single-machine default it is both controller and agent)."""
+    agent = agents(Host(name=socket.gethostname(), uri=LOCAL_URI))
+    if agent is None:
+        return None
+
+    @functools.cache
+    def host_uuid() -> str:
+        conn = hypervisor.connect(LOCAL_URI, host_name="agent")
+        try:
+            return conn.host_info().host_uuid
+        finally:
+            conn.close()
+
+    return HostAgentServicer(agent, host_uuid, time.time(), fpga_profiles=config.fpga_profile_map)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_mod.load(list(argv) if argv is not None else None)
     setup_logging(config.log_level, json_lines=config.log_json)
@@ -258,10 +293,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             keepalive_interval_s=config.keepalive_interval_s, keepalive_count=config.keepalive_count
         )
     )
-    core = build_core(config, hypervisor, LocalImageFiles(), agent_factory())
+    agents = agent_factory()
+    core = build_core(config, hypervisor, LocalImageFiles(), agents)
     core.start()
     metrics = Metrics(core.store)  # issue 7: one registry for gRPC and /metrics
-    server, port = build_server(core, config.listen, config.rpc_workers, metrics=metrics)
+    server, port = build_server(
+        core,
+        config.listen,
+        config.rpc_workers,
+        metrics=metrics,
+        agent=_local_agent(config, hypervisor, agents),
+    )
     server.start()
     metrics_server = security.serve_metrics(config, metrics)
     log.info("vmmgrd listening on %s (port %d), store %s", config.listen, port, core.store.backend)

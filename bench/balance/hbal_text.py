@@ -39,9 +39,7 @@ def write(snapshot: ClusterSnapshot, path: Path, cpu_ratio: float) -> None:
         )
     lines.append("")
     for vm in snapshot.vms:
-        lines.append(
-            f"{vm.name}|{vm.memory_mib}|1024|{vm.vcpus}|running|Y|{vm.host}||ext||1|1|N"
-        )
+        lines.append(f"{vm.name}|{vm.memory_mib}|1024|{vm.vcpus}|running|Y|{vm.host}||ext||1|1|N")
     lines += ["", ""]
     spec = f"128,1,1024,1,1,1|128,1,1024,1,1,1;4194304,256,1048576,16,8,12|{_TEMPLATES}"
     lines.append(f"|{spec}|{cpu_ratio}|32.0")

@@ -15,19 +15,20 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.balance.hbal_text import parse_steps, write
 from policies.balance import BalanceConfig, plan_balance
 from policies.fits import apply_moves, check_moves
-from policies.model import Limits
+from policies.model import ClusterModel, Limits
 from policies.plan import Move
-from policies.score import Weights, cluster_score
+from policies.score import Weights, cluster_score, model_score
 from vmmgr.snapshot import ClusterSnapshot, HostSnap, HostState, VMSnap
 
 CPU_RATIO = 4.0
@@ -66,14 +67,25 @@ def synth(n_hosts: int, n_vms: int, seed: int) -> ClusterSnapshot:
         placed.append(h)
     names = [f"node-{i:05d}" for i in range(n_hosts)]
     vms = tuple(
-        VMSnap(id=f"vm-{j:06d}", name=f"vm-{j:06d}", host=names[placed[j]], vcpus=sizes[j],
-               memory_mib=mems[j])
+        VMSnap(
+            id=f"vm-{j:06d}",
+            name=f"vm-{j:06d}",
+            host=names[placed[j]],
+            vcpus=sizes[j],
+            memory_mib=mems[j],
+        )
         for j in range(n_vms)
     )
     hosts = tuple(
-        HostSnap(name=names[i], state=HostState.UP, cpus=specs[i][0], memory_mib=specs[i][1],
-                 used_vcpus=used_c[i], used_memory_mib=used_m[i],
-                 vms=tuple(v.id for v in vms if v.host == names[i]))
+        HostSnap(
+            name=names[i],
+            state=HostState.UP,
+            cpus=specs[i][0],
+            memory_mib=specs[i][1],
+            used_vcpus=used_c[i],
+            used_memory_mib=used_m[i],
+            vms=tuple(v.id for v in vms if v.host == names[i]),
+        )
         for i in range(n_hosts)
     )
     return ClusterSnapshot(hosts=hosts, vms=vms)
@@ -85,10 +97,28 @@ class Result:
     moves: int
     distinct: int
     wall_s: float
+    cpu_s: float
+    prefix: list[float] = field(default_factory=list)  # score after each move (index 0: none)
     note: str = ""
+
+    def moves_to_reach(self, score: float) -> int | None:
+        return next((k for k, s in enumerate(self.prefix) if s <= score + 1e-12), None)
+
+    def score_after(self, moves: int) -> float:
+        return self.prefix[min(moves, len(self.prefix) - 1)]
+
+
+def prefix_scores(snap: ClusterSnapshot, moves: list[Move]) -> list[float]:
+    model = ClusterModel(snap, Limits(cpu_ratio=CPU_RATIO))
+    out = [model_score(model, WEIGHTS)]
+    for m in moves:
+        model.move(m.vm_id, m.dst)
+        out.append(model_score(model, WEIGHTS))
+    return out
 
 
 def run_vmmgr(snap: ClusterSnapshot) -> Result:
+    """The default BalanceConfig, told to act now and without a move cap (a one-shot compare)."""
     cfg = BalanceConfig(
         weights=WEIGHTS,
         limits=Limits(cpu_ratio=CPU_RATIO),
@@ -97,15 +127,19 @@ def run_vmmgr(snap: ClusterSnapshot) -> Result:
         hold_rounds=1,
         max_moves=10**6,
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plan = plan_balance(snap, now=0.0, config=cfg)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     bad = check_moves(snap, plan.moves, cfg.limits)
     after = apply_moves(snap, plan.moves, cfg.limits)
     score = cluster_score(after, WEIGHTS)
     assert abs(score - plan.score_after) < 1e-9, (score, plan.score_after)
-    note = f"{len(plan.stages)} stages" + (f", {len(bad)} FILTER VIOLATIONS" if bad else "")
-    return Result(score, len(plan.moves), len({m.vm_id for m in plan.moves}), wall, note)
+    note = f"{len(plan.stages)} parallel stages" + (
+        f", {len(bad)} FILTER VIOLATIONS" if bad else ""
+    )
+    distinct = len({m.vm_id for m in plan.moves})
+    prefix = prefix_scores(snap, list(plan.moves))
+    return Result(score, len(plan.moves), distinct, wall, cpu, prefix, note)
 
 
 def run_hbal(snap: ClusterSnapshot, timeout: float) -> Result:
@@ -113,6 +147,7 @@ def run_hbal(snap: ClusterSnapshot, timeout: float) -> Result:
         data = Path(tmp) / "cluster.txt"
         write(snap, data, CPU_RATIO)
         cmd = ["hbal", "-t", str(data), "--ignore-dynu", "-C"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -121,8 +156,10 @@ def run_hbal(snap: ClusterSnapshot, timeout: float) -> Result:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
-            note = f"CAPPED at {timeout:.0f}s (steps printed so far)"
+            note = f"CAPPED at {timeout:.0f}s: the moves it had printed"
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     steps = parse_steps(out)
     moves = []
     where = {vm.id: vm.host for vm in snap.vms}
@@ -134,8 +171,9 @@ def run_hbal(snap: ClusterSnapshot, timeout: float) -> Result:
     bad = check_moves(snap, moves, Limits(cpu_ratio=CPU_RATIO))
     if bad:
         note += f" {len(bad)} moves break vmmgr's filters"
-    score = cluster_score(apply_moves(snap, moves), WEIGHTS)
-    return Result(score, len(moves), len({m.vm_id for m in moves}), wall, note.strip())
+    prefix = prefix_scores(snap, moves)
+    distinct = len({m.vm_id for m in moves})
+    return Result(prefix[-1], len(moves), distinct, wall, cpu, prefix, note.strip())
 
 
 def _ratio(a: float, b: float) -> str:
@@ -150,7 +188,10 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("hbal") is None:
         raise SystemExit("hbal not found: apt-get install -y ganeti-htools")
-    print(f"cpus visible: {os.cpu_count()}; scorer weights cpu=1 memory=1; vCPU ratio {CPU_RATIO}")
+    print(
+        f"cpus visible: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; "
+        f"scorer weights cpu=1 memory=1; vCPU ratio {CPU_RATIO}"
+    )
     rows = []
     for spec in args.sizes.split(","):
         n_hosts, n_vms = (int(x) for x in spec.split("x"))
@@ -158,22 +199,36 @@ def main() -> None:
         initial = cluster_score(snap, WEIGHTS)
         ours = run_vmmgr(snap)
         theirs = run_hbal(snap, args.hbal_timeout)
-        rows.append((n_hosts, n_vms, initial, ours, theirs))
+        rows.append((n_hosts, n_vms, ours, theirs))
         print(f"\n== {n_hosts} hosts, {n_vms} VMs: initial score {initial:.5f}")
         for name, r in (("vmmgr", ours), ("hbal", theirs)):
             print(
-                f"  {name:6s} score {r.score:.5f}  moves {r.moves:5d} (distinct VMs {r.distinct:5d})"
-                f"  wall {r.wall_s:8.2f}s  {r.note}"
+                f"  {name:5s} score {r.score:.5f}  moves {r.moves:5d} (VMs {r.distinct:5d})  "
+                f"wall {r.wall_s:8.2f}s  cpu {r.cpu_s:8.2f}s  {r.note}"
             )
-    print("\n| hosts | VMs | score vmmgr | score hbal | ratio | moves vmmgr | moves hbal | ratio "
-          "| time vmmgr s | time hbal s | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for n_hosts, n_vms, _initial, o, t in rows:
+        reach = ours.moves_to_reach(theirs.score)
+        same = ours.score_after(theirs.moves)
         print(
-            f"| {n_hosts} | {n_vms} | {o.score:.5f} | {t.score:.5f} | {_ratio(o.score, t.score)} "
-            f"| {o.moves} | {t.moves} | {_ratio(o.moves, t.moves)} | {o.wall_s:.2f} "
-            f"| {t.wall_s:.2f}{' (capped)' if 'CAPPED' in t.note else ''} "
-            f"| {_ratio(o.wall_s, t.wall_s)} |"
+            f"  vmmgr with hbal's move budget ({theirs.moves}): score {same:.5f} "
+            f"(ratio {_ratio(same, theirs.score)})"
+        )
+        print(
+            f"  vmmgr moves to reach hbal's score {theirs.score:.5f}: "
+            + (f"{reach} (ratio {_ratio(reach, theirs.moves)})" if reach is not None else "never")
+        )
+    print(
+        "\n| hosts | VMs | score vmmgr | score hbal | ratio | moves vmmgr | moves hbal | ratio "
+        "| wall vmmgr s | wall hbal s | ratio | cpu vmmgr s | cpu hbal s | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n_hosts, n_vms, o, t in rows:
+        capped = " (capped)" if "CAPPED" in t.note else ""
+        print(
+            f"| {n_hosts} | {n_vms} | {o.score:.5f} | {t.score:.5f}{capped} "
+            f"| {_ratio(o.score, t.score)} | {o.moves} | {t.moves}{capped} "
+            f"| {_ratio(o.moves, t.moves)} | {o.wall_s:.2f} | {t.wall_s:.2f}{capped} "
+            f"| {_ratio(o.wall_s, t.wall_s)} | {o.cpu_s:.2f} | {t.cpu_s:.2f}{capped} "
+            f"| {_ratio(o.cpu_s, t.cpu_s)} |"
         )
 
 

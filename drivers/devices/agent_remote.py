@@ -61,7 +61,9 @@ def error_from_rpc(exc: grpc.RpcError, *, host: str, address: str) -> errors.Vmm
     field = md.get(MD_FIELD)
     if field and text.startswith(f"{field}: "):
         text = text[len(field) + 2 :]  # the server's str(exc) prefixed the field
-    details = {k[len(MD_DETAIL_PREFIX) :]: v for k, v in md.items() if k.startswith(MD_DETAIL_PREFIX)}
+    details = {
+        k[len(MD_DETAIL_PREFIX) :]: v for k, v in md.items() if k.startswith(MD_DETAIL_PREFIX)
+    }
     if code in _TRANSPORT and MD_CODE not in md:
         return errors.Unavailable(
             f"host agent of {host} at {address} unreachable ({code.name}): {text}",

@@ -57,8 +57,14 @@ def cluster(
     return ClusterSnapshot(tuple(out), tuple(vms), tuple(groups))
 
 
-def vgpu_device(host: str, addr: str, type_name: str = "nvidia-1", max_inst: int = 4,
-                claims: int = 0, util: float | None = None) -> DeviceSnap:  # fmt: skip
+def vgpu_device(
+    host: str,
+    addr: str,
+    type_name: str = "nvidia-1",
+    max_inst: int = 4,
+    claims: int = 0,
+    util: float | None = None,
+) -> DeviceSnap:
     return DeviceSnap(
         id=f"{host}/{addr}",
         host=host,

@@ -79,9 +79,7 @@ class HostAgentServicer(agent_pb2_grpc.HostAgentServiceServicer):
     ) -> agent_pb2.ConfigureMigResponse:
         address = _required(request.address, "address")
         facts = self.agent.apply_mig_geometry(address, conv.geometry_from_request(request))
-        return agent_pb2.ConfigureMigResponse(
-            mig=conv.mig_info(facts), state=conv.mig_state(facts)
-        )
+        return agent_pb2.ConfigureMigResponse(mig=conv.mig_info(facts), state=conv.mig_state(facts))
 
     def SetMigMode(
         self, request: agent_pb2.SetMigModeRequest, context: Ctx

@@ -356,9 +356,7 @@ def inventory(m: agent_pb2.GetInventoryResponse) -> HostInventory:
         devices=tuple(pci_device(d) for d in m.devices),
         mdevs=tuple(mdev_instance(i) for i in m.mdevs),
         gpus=tuple(gpu_facts(g) for g in m.gpus),
-        nvml_driver_version=(
-            m.nvml_driver_version if m.HasField("nvml_driver_version") else None
-        ),
+        nvml_driver_version=(m.nvml_driver_version if m.HasField("nvml_driver_version") else None),
     )
 
 

@@ -49,6 +49,7 @@ _TABLE: dict[str, dict[str, Role]] = {
     },
     "vmmgr.v1.HostAgentService": {
         "GetGpuFacts": A, "ConfigureMig": A, "ProgramFpga": A, "Heartbeat": A,
+        "GetInventory": A, "CreateMdev": A, "RemoveMdev": A, "SetMigMode": A,
     },
 }
 
@@ -70,7 +71,8 @@ _MUTATING_NAMES = {
     "vmmgr.v1.PolicyService": ["UpdatePolicy", "RunPolicy", "CreateScaleGroup",
                                "UpdateScaleGroup", "DeleteScaleGroup"],
     "vmmgr.v1.AdminService": ["CreateToken", "RevokeToken", "CreateProject", "UpdateProject"],
-    "vmmgr.v1.HostAgentService": ["ConfigureMig", "ProgramFpga"],
+    "vmmgr.v1.HostAgentService": ["ConfigureMig", "ProgramFpga", "CreateMdev", "RemoveMdev",
+                                  "SetMigMode"],
 }
 
 MUTATING: frozenset[str] = frozenset(

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from vmmgr.cli import admin as admin_cmds
+from vmmgr.cli import config as client_config
 from vmmgr.cli import output as out
 from vmmgr.cli.completion import bash_completion
 from vmmgr.v1 import (
+    admin_pb2_grpc,
     device_pb2,
     device_pb2_grpc,
     event_pb2,
@@ -37,9 +42,13 @@ EXIT_RPC = 1
 class Client:
     """Stubs over one channel."""
 
-    def __init__(self, endpoint: str, timeout: float) -> None:
-        target = endpoint if not endpoint.startswith("/") else f"unix://{endpoint}"
-        self.channel = grpc.insecure_channel(target)
+    def __init__(
+        self, endpoint: str, timeout: float, settings: client_config.ClientConfig | None = None
+    ) -> None:
+        # TLS / mTLS and the bearer token come from the client settings (vmmgr/cli/config.py)
+        cfg = settings or client_config.ClientConfig()
+        self.channel = client_config.make_channel(dataclasses.replace(cfg, endpoint=endpoint))
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.timeout = timeout
         self.vms = vm_pb2_grpc.VMServiceStub(self.channel)
         self.hosts = host_pb2_grpc.HostServiceStub(self.channel)
@@ -801,9 +810,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--endpoint",
-        default=os.environ.get("VMMGR_ENDPOINT", DEFAULT_ENDPOINT),
-        help="host:port or a unix socket path (env VMMGR_ENDPOINT)",
+        help=f"host:port or a unix socket path (env VMMGR_ENDPOINT; default {DEFAULT_ENDPOINT})",
     )
+    # client settings (vmmgr/cli/config.py): flags > env VMMGR_* > the config file
+    p.add_argument("--config", type=Path, help="client config file "
+                   "(default $VMMGR_CONFIG or ~/.config/vmmgr/config.toml)")
+    p.add_argument("--token", help="bearer token (prefer env VMMGR_TOKEN or the config file)")
+    p.add_argument("--ca", help="CA certificate of vmmgrd (turns TLS on)")
+    p.add_argument("--cert", help="client certificate (mTLS)")
+    p.add_argument("--key", help="client key (mTLS)")
+    p.add_argument("--server-name", help="TLS server name to verify")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
     p.add_argument("--no-wait", action="store_true", help="return an operation id at once")
@@ -970,6 +986,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--interval", type=float)
     sp.add_argument("--param", action="append", help="KEY=VALUE")
 
+    admin_cmds.add_commands(top)  # token, project, audit, certs (issue 7)
+
     sp = top.add_parser("completion", help="print a bash completion script")
     sp.add_argument("shell", choices=["bash"])
     sp.set_defaults(fn=_completion, completion=True)
@@ -978,9 +996,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "completion", False):
+    if getattr(args, "completion", False) or getattr(args, "local", False):
         return int(args.fn(args, None))
-    client = Client(args.endpoint, args.timeout)
+    try:
+        settings = client_config.load(args.config, flags={
+            "endpoint": args.endpoint, "token": args.token, "ca": args.ca, "cert": args.cert,
+            "key": args.key, "server_name": args.server_name})
+        args.endpoint = settings.endpoint
+        client = Client(settings.endpoint, args.timeout, settings)
+    except client_config.ClientConfigError as exc:
+        sys.stderr.write(f"vmmgr: {exc}\n")
+        return EXIT_USAGE
     try:
         return int(args.fn(args, client))
     except grpc.RpcError as exc:

@@ -8,7 +8,6 @@ Placements; nothing-fits is a Placement with ``host=None`` (see results.py for w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 import numpy as np
 
@@ -18,10 +17,12 @@ from vmmgr.snapshot import ClusterSnapshot, PlacementRequest
 from .config import BatchOrder, SchedulerConfig
 from .filters import BUILTIN_FILTERS, Filter, FilterContext, HostView, VectorFilter
 from .results import Explanation, FilterReport, Placement, RankedHost
-from .weighers import BUILTIN_WEIGHERS, VectorWeigher, Weigher, normalise
+from .weighers import BUILTIN_WEIGHERS, VectorWeigher, Weigher
 from .working import ClusterIndex, Demand, FloatArray, IntArray, WorkingState, largest_first
 
-DEVICE_ASSIGNMENT = "device_assignment"  # hosts that passed the counts but not a device pick
+DEVICE_ASSIGNMENT = "device_assignment"
+_MIN = np.minimum.reduce
+_MAX = np.maximum.reduce  # hosts that passed the counts but not a device pick
 
 
 class Scheduler:
@@ -40,7 +41,9 @@ class Scheduler:
             filters = [BUILTIN_FILTERS[name]() for name in self.config.enabled_filters]
         self.filters: tuple[Filter, ...] = tuple(filters)
         # protocol isinstance checks are slow: decide once which filters run vectorised
-        self._vector_filters = tuple(isinstance(f, VectorFilter) for f in self.filters)
+        self._filter_plan: tuple[tuple[Filter, VectorFilter | None], ...] = tuple(
+            (f, f if isinstance(f, VectorFilter) else None) for f in self.filters
+        )
         self._zero_reports = {f.name: FilterReport(f.name, 0) for f in self.filters}
         if weighers is None:
             weighers = [cls() for cls in BUILTIN_WEIGHERS.values()]
@@ -52,7 +55,9 @@ class Scheduler:
             if mult != 0.0:
                 pairs.append((w, mult))
         self.weighers: tuple[tuple[Weigher, float], ...] = tuple(pairs)
-        self._vector_weighers = tuple(isinstance(w, VectorWeigher) for w, _ in pairs)
+        self._weigher_plan: tuple[tuple[Weigher, VectorWeigher | None, float], ...] = tuple(
+            (w, w if isinstance(w, VectorWeigher) else None, m) for w, m in pairs
+        )
         self._cache: tuple[ClusterSnapshot, ClusterIndex] | None = None
 
     # -- public API --
@@ -128,22 +133,20 @@ class Scheduler:
         req = demand.request
         ctx = FilterContext(state, demand)
         cand: IntArray = ix.all_idx
-        rejected: list[tuple[Filter, IntArray]] = []
-        for f, vector in zip(self.filters, self._vector_filters, strict=True):
-            if vector:
-                f = cast(VectorFilter, f)
-                if not f.applies(req, ctx) or len(cand) == 0:
-                    rejected.append((f, cand[:0]))
+        rejected: list[tuple[Filter, IntArray]] = []  # only filters that rejected something
+        for f, vf in self._filter_plan:
+            if len(cand) == 0:
+                break
+            if vf is not None:
+                if not vf.applies(req, ctx):
                     continue
-                m = f.mask(cand, req, ctx)
+                m = vf.mask(cand, req, ctx)
             else:
                 m = np.array(
                     [f.passes(HostView(int(i), ix.hosts[int(i)]), req, ctx) is None for i in cand],
                     dtype=np.bool_,
                 )
-            kept = int(np.count_nonzero(m))
-            if kept == len(cand):
-                rejected.append((f, cand[:0]))
+            if int(np.count_nonzero(m)) == len(cand):
                 continue
             rejected.append((f, cand[~m]))
             cand = cand[m]
@@ -171,7 +174,7 @@ class Scheduler:
                 ranked_idx = self._rest(ranked_idx, scores)  # rare: every top host failed
 
         show_samples = explain or chosen is None
-        reports = [self._report(f.name, r, req, ctx, show_samples) for f, r in rejected]
+        reports = self._reports(rejected, req, ctx, show_samples)
         if failed:
             reason = "device counts fit, but no consistent pick (IOMMU group / NUMA / mixed needs)"
             samples = tuple((ix.names[h], reason) for h in failed[: self.config.explain_samples])
@@ -188,7 +191,10 @@ class Scheduler:
             :limit
         ]
         names = [name for name, _ in contribs]
-        table = np.stack([c[shown] for _, c in contribs], axis=1).tolist() if contribs else []
+        if len(shown) == 1:
+            table = [[float(c[shown[0]]) for _, c in contribs]]
+        else:
+            table = np.stack([c[shown] for _, c in contribs], axis=1).tolist() if contribs else []
         shown_scores = scores[shown].tolist()
         ranked: list[RankedHost] = []
         for row, pos in enumerate(shown):
@@ -230,10 +236,9 @@ class Scheduler:
         contribs: list[tuple[str, FloatArray]] = []
         if k == 0:
             return [], scores, contribs
-        for (w, mult), vector in zip(self.weighers, self._vector_weighers, strict=True):
-            if vector:
-                w = cast(VectorWeigher, w)
-                raw = w.weigh_many(cand, req, ctx)
+        for w, vw, mult in self._weigher_plan:
+            if vw is not None:
+                raw = vw.weigh_many(cand, req, ctx)
             else:
                 ix = ctx.state.ix
                 raw = np.array(
@@ -242,8 +247,14 @@ class Scheduler:
                 )
             if raw is None:
                 continue
-            c = mult * normalise(raw)
-            scores += c
+            lo = _MIN(raw)
+            span = _MAX(raw) - lo
+            if span <= 1e-12:
+                c = np.zeros(k, dtype=np.float64)  # no opinion among these hosts
+            else:
+                c = np.subtract(raw, lo, dtype=np.float64)
+                c *= mult / span
+                scores += c
             contribs.append((w.name, c))
         if k > limit:
             top = np.argpartition(-scores, limit - 1)[:limit]
@@ -261,22 +272,29 @@ class Scheduler:
         seen = set(head)
         return head + [int(p) for p in full if int(p) not in seen]
 
-    def _report(
+    def _reports(
         self,
-        name: str,
-        hosts: IntArray,
+        rejected: list[tuple[Filter, IntArray]],
         req: PlacementRequest,
         ctx: FilterContext,
         samples: bool,
-    ) -> FilterReport:
-        if len(hosts) == 0:
-            return self._zero_reports[name]  # shared: immutable, and batches make thousands
-        if not samples:
-            return FilterReport(name, len(hosts))
-        f = next(f for f in self.filters if f.name == name)
-        ix = ctx.state.ix
+    ) -> list[FilterReport]:
+        """One report per filter, in filter order; zero reports are shared immutable objects."""
+        by_name = {f.name: (f, hosts) for f, hosts in rejected}
         out = []
-        for i in hosts[: self.config.explain_samples]:
-            hv = HostView(int(i), ix.hosts[int(i)])
-            out.append((hv.name, f.passes(hv, req, ctx) or "rejected"))
-        return FilterReport(name, len(hosts), tuple(out))
+        ix = ctx.state.ix
+        for f in self.filters:
+            got = by_name.get(f.name)
+            if got is None:
+                out.append(self._zero_reports[f.name])
+                continue
+            hosts = got[1]
+            if not samples:
+                out.append(FilterReport(f.name, len(hosts)))
+                continue
+            pairs = []
+            for i in hosts[: self.config.explain_samples]:
+                hv = HostView(int(i), ix.hosts[int(i)])
+                pairs.append((hv.name, f.passes(hv, req, ctx) or "rejected"))
+            out.append(FilterReport(f.name, len(hosts), tuple(pairs)))
+        return out

@@ -58,6 +58,7 @@ class Operations:
         self._cond = threading.Condition()
         self._cancel: set[str] = set()
         self._live: dict[str, tuple[str, float, str]] = {}  # id -> (state, progress, message)
+        self._starting: set[str] = set()  # submitted, not yet picked up by a worker
 
     def submit(
         self, kind: str, target: str, job: Job, *, request_id: str = "", message: str = "queued"
@@ -74,6 +75,8 @@ class Operations:
         return repo.create_operation(session, kind, target, request_id=request_id, message=message)
 
     def start(self, op: Operation, job: Job) -> Operation:
+        with self._cond:
+            self._starting.add(op.id)
         self._pool.submit(self._run, op.id, op.kind, op.target, job)
         return op
 
@@ -117,6 +120,7 @@ class Operations:
             )
         with self._cond:
             self._cancel.discard(op_id)
+            self._starting.discard(op_id)
             self._live.pop(op_id, None)
             self._cond.notify_all()
         if state is not OperationState.SUCCEEDED:  # success is told by the job's own event
@@ -134,6 +138,7 @@ class Operations:
 
     def _set_live(self, op_id: str, state: str, percent: float, message: str) -> None:
         with self._cond:
+            self._starting.discard(op_id)
             self._live[op_id] = (state, percent, message)
             self._cond.notify_all()
 
@@ -181,16 +186,25 @@ class Operations:
         return op
 
     def wait(self, op_id: str, timeout_s: float) -> tuple[Operation, bool]:
+        """Block until the operation ends or the timeout passes. While this daemon runs the
+        operation, its progress lives in memory: the store is read only when it changes hands
+        (or every half second for an operation this daemon does not run)."""
         end = time.monotonic() + timeout_s
         while True:
             op = self.get(op_id)
             if OperationState(op.state).finished:
                 return op, True
-            left = end - time.monotonic()
-            if left <= 0:
-                return op, False
             with self._cond:
-                self._cond.wait(timeout=min(left, 1.0))
+                if op_id in self._live or op_id in self._starting:
+                    while (op_id in self._live or op_id in self._starting) and (
+                        left := end - time.monotonic()
+                    ) > 0:
+                        self._cond.wait(timeout=min(left, 1.0))
+                else:  # not run by this daemon (or not started yet): poll the store
+                    self._cond.wait(timeout=max(0.0, min(end - time.monotonic(), 0.5)))
+            if time.monotonic() >= end:
+                op = self.get(op_id)
+                return op, OperationState(op.state).finished
 
     def watch(self, op_id: str, alive: Callable[[], bool]) -> Iterator[Operation]:
         """Yield the operation whenever it changes, ending when it finishes."""

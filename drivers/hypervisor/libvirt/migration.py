@@ -625,6 +625,10 @@ def cold_migrate(
     for other in dest_conn.listAllDomains(0):
         if other.UUIDString() == uuid or other.name() == name:
             raise AlreadyExists(f"VM {name} ({uuid}) already defined on {dest_uri}")
+    # path lookups on the destination see only what its pools last scanned
+    for p in dest_conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        with contextlib.suppress(libvirt.libvirtError):
+            p.refresh(0)
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     disks = _file_disks(xml)
     plan: list[tuple[Disk, libvirt.virStorageVol, str]] = []
@@ -636,7 +640,6 @@ def cold_migrate(
             pool = dest_conn.storagePoolLookupByName(dest_pool)
         except libvirt.libvirtError as e:
             raise NotFound(f"pool {dest_pool} not on {dest_uri}", field="dest_pool") from e
-        pool.refresh(0)
         names = set(pool.listVolumes())
         for d in disks:
             try:
