@@ -227,4 +227,3 @@ def revive(lab: Lab) -> Iterator[Callable[[int], None]]:
     for i in killed:
         if not lab.host_running(i):
             lab.start_host(i)
-

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import threading
+import uuid
 
+import libvirt
 import pytest
 
 from drivers.hypervisor.libvirt.migration import cold_migrate
 from drivers.lab import Lab
-from vmmgr.errors import AlreadyExists, Cancelled, FailedPrecondition
+from drivers.lab.guest import TinyGuest, domain_xml
+from vmmgr.errors import AlreadyExists, Cancelled, FailedPrecondition, VmmgrError
 
 pytestmark = pytest.mark.lab
 
@@ -86,9 +92,7 @@ def test_cold_migration_with_shared_storage_moves_only_the_definition(
     assert f"{lab.shared_dir}/{g.name}.qcow2" in disk
 
 
-def test_cold_migration_refuses_a_disk_whose_backing_file_the_target_lacks(
-    lab: Lab, conns
-) -> None:
+def test_cold_migration_refuses_a_disk_whose_backing_file_the_target_lacks(lab: Lab, conns) -> None:
     """Preflight failure: nothing is stopped, nothing is created on the target."""
     pool0 = conns[0].storagePoolLookupByName("local")
     base = pool0.createXML(
@@ -127,3 +131,35 @@ def test_cold_migration_refuses_a_disk_whose_backing_file_the_target_lacks(
         dom.undefine()
         top.delete(0)
         base.delete(0)
+
+
+def test_cold_migration_undoes_when_the_target_cannot_start_the_vm(
+    lab: Lab, conns, tiny_image
+) -> None:
+    """The kernel sits in host 0's own /var/lib/libvirt/images: the definition is accepted on
+    host 1, the start there fails, and the undo puts everything back on host 0."""
+    name = f"t-undo-{uuid.uuid4().hex[:6]}"
+    kernel = f"/var/lib/libvirt/images/{name}-vmlinuz"
+    shutil.copyfile(tiny_image.kernel, lab.hosts[0].path_in_host(kernel))
+    spec = TinyGuest(name, str(uuid.uuid4()), kernel, tiny_image.initrd)
+    dom = conns[0].defineXML(domain_xml(spec))
+    dom.create()
+    try:
+        progress = []
+        with pytest.raises(VmmgrError, match="kernel") as e:
+            cold_migrate(
+                dom,
+                conns[1],
+                copy_storage=False,
+                shutdown_timeout_s=0.2,
+                on_progress=progress.append,
+            )
+        assert "undo_failed" not in e.value.details
+        assert progress[-1].phase == "failed"
+        assert dom.isActive() and dom.isPersistent()  # restarted on the source
+        assert name not in conns.names(1)  # undefined on the target
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+        dom.undefine()
+        os.unlink(lab.hosts[0].path_in_host(kernel))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from vmmgr.errors import NotFound
@@ -58,13 +60,11 @@ def with_usage(hosts: list[HostSnap], vms: list[VMSnap]) -> ClusterSnapshot:
     for h in hosts:
         mine = [v for v in vms if v.host == h.name]
         out.append(
-            HostSnap(
-                **{
-                    **{f: getattr(h, f) for f in h.__slots__},  # type: ignore[attr-defined]
-                    "used_vcpus": sum(v.vcpus for v in mine),
-                    "used_memory_mib": sum(v.memory_mib for v in mine),
-                    "vms": tuple(v.id for v in mine),
-                }
+            replace(
+                h,
+                used_vcpus=sum(v.vcpus for v in mine),
+                used_memory_mib=sum(v.memory_mib for v in mine),
+                vms=tuple(v.id for v in mine),
             )
         )
     return ClusterSnapshot(hosts=tuple(out), vms=tuple(vms))

@@ -273,11 +273,13 @@ class ApiInterceptor(grpc.ServerInterceptor):
         project = request.spec.project or "default"
         lock = self._quota_locks[zlib.crc32(project.encode("utf-8", "replace")) % _QUOTA_STRIPES]
         with lock:
-            with self.store.read_session() as s:
-                replay = repo.find_operation_by_request_id(s, request.request_id)
-                if replay is None:
-                    check_quota(s, project, demand_of(request))
+            self._guard(call, context, lambda: self._check_quota(project, request))
             return inner(request, context)
+
+    def _check_quota(self, project: str, request: Any) -> None:
+        with self.store.read_session() as s:
+            if repo.find_operation_by_request_id(s, request.request_id) is None:  # no replay
+                check_quota(s, project, demand_of(request))
 
     def _refuse(self, call: _Call, context: grpc.ServicerContext, exc: VmmgrError) -> None:
         call.error = str(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from functools import partial
 
 from vmmgr.config import Config
 from vmmgr.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -257,6 +259,8 @@ class VMService:
                         domain_uuid=vm_id,
                     ),
                 )
+                for row in self._volume_rows(vm_id, host, req):
+                    volume_repo.add_volume(s, row)
                 if claims:
                     repo.claim_devices(s, vm_id, claims)
                 if req.groups:
@@ -285,8 +289,6 @@ class VMService:
                         conn,
                         undo,
                         vm_id,
-                        host,
-                        VolumeKind.OVERLAY,
                         partial(
                             conn.create_overlay,
                             self.config.vm_pool,
@@ -310,8 +312,6 @@ class VMService:
                     conn,
                     undo,
                     vm_id,
-                    host,
-                    VolumeKind.SEED,
                     lambda: conn.create_seed(
                         self.config.vm_pool, f"{vm_id}-seed.iso", *cloud_init_documents(vm_id, req)
                     ),
@@ -380,27 +380,32 @@ class VMService:
         conn: HostConnection,
         undo: UndoStack,
         vm_id: str,
-        host: str,
-        kind: VolumeKind,
         create: Callable[[], VolumeInfo],
     ) -> VolumeInfo:
-        """Create a volume and record it, so undo (now) or delete (later) can remove it."""
+        """Create a volume recorded (with its expected path) when the VM row was written, so a
+        crash at any point leaves a row that delete or restart recovery can clean up."""
         vol = create()
         undo.push(lambda: conn.delete_volume(vol.pool, vol.name), f"delete volume {vol.name}")
-        with self.store.session() as s:
-            row = volume_repo.add_volume(
-                s,
-                Volume(
-                    vm_id=vm_id,
-                    host=host,
-                    pool=vol.pool,
-                    name=vol.name,
-                    path=vol.path,
-                    kind=kind.value,
-                ),
-            )
-        undo.push(lambda: self._drop_volume_row(row.id), f"forget volume {vol.name}")
+        expected = os.path.join(self.config.vm_pool_path, vol.name)
+        if vol.path != expected:  # a pre-existing pool elsewhere: record the real path
+            with self.store.session() as s:
+                volume_repo.set_volume_path(s, vm_id, vol.name, vol.path)
         return vol
+
+    def _volume_rows(self, vm_id: str, host: str, req: VmCreate) -> list[Volume]:
+        names = [(f"{vm_id}-disk{i}.qcow2", VolumeKind.OVERLAY) for i in range(len(req.disks))]
+        names.append((f"{vm_id}-seed.iso", VolumeKind.SEED))
+        return [
+            Volume(
+                vm_id=vm_id,
+                host=host,
+                pool=self.config.vm_pool,
+                name=n,
+                path=os.path.join(self.config.vm_pool_path, n),
+                kind=k.value,
+            )
+            for n, k in names
+        ]
 
     def _drop_volume_row(self, volume_id: str) -> None:
         with self.store.session() as s:
@@ -578,17 +583,24 @@ class VMService:
         """libvirt lifecycle event -> observed VM state (foreign domains are only reported)."""
         if event.vm_id is None:
             return
-        with self.store.session() as s:
+        new = OBSERVED[event.state].value
+        reason = event.reason
+        if event.reason == "undefined":
+            new, reason = VMState.ERROR.value, "domain undefined outside vmmgr"
+        with self.store.read_session() as s:  # most events change nothing: no write lock
             vm = vm_repo.find_vm(s, event.vm_id)
-            if vm is None or vm.state in BUSY or vm.host != event.host:
-                return
-            new = OBSERVED[event.state].value
-            reason = event.reason
-            if event.reason == "undefined":
-                new, reason = VMState.ERROR.value, "domain undefined outside vmmgr"
-            if new == vm.state:
-                return
-            vm_repo.update_vm(s, vm.id, {"state": new, "state_reason": reason})
+        if vm is None or vm.state in BUSY or vm.host != event.host or new == vm.state:
+            return
+        with self.store.session() as s:
+            try:
+                vm_repo.update_vm(
+                    s,
+                    vm.id,
+                    {"state": new, "state_reason": reason},
+                    expected_generation=vm.generation,
+                )
+            except Aborted:
+                return  # changed meanwhile (an operation took it): its writer knows better
         self.events.publish(
             "vm.state",
             vm.id,

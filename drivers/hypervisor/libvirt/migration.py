@@ -195,6 +195,7 @@ class LiveMigration:
         self.last_progress: MigrationProgress | None = None
         self.name = dom.name()
         self.uuid = dom.UUIDString()
+        self._was_paused = False
 
     # -- public
 
@@ -227,6 +228,8 @@ class LiveMigration:
         opts = self.opts
         src_uri = self.dom.connect().getURI()
         self._preflight()
+        before = _state(self.dom)
+        self._was_paused = before is not None and before[0] == libvirt.VIR_DOMAIN_PAUSED
         copied = [
             d.source_file
             for d in _file_disks(self.dom.XMLDesc(0))
@@ -450,6 +453,8 @@ class LiveMigration:
         if code == libvirt.VIR_DOMAIN_RUNNING:
             return "VM still running on the source"
         if code == libvirt.VIR_DOMAIN_PAUSED:
+            if self._was_paused and not state.postcopy_started:
+                return "VM still paused on the source, as before the migration"
             if state.postcopy_started:
                 raise DriverError(
                     f"post-copy migration of {self.name} failed; VM paused on the source "

@@ -41,3 +41,13 @@ def delete_volume(session: Session, volume_id: str) -> Volume:
     session.delete(volume)
     session.flush()
     return volume
+
+
+def set_volume_path(session: Session, vm_id: str, name: str, path: str) -> Volume:
+    """Record where the host really put a volume that was recorded before it existed."""
+    row = session.exec(select(Volume).where(Volume.vm_id == vm_id, Volume.name == name)).first()
+    if row is None:
+        raise NotFound(f"volume {name!r} of vm {vm_id!r} not found")
+    row.path = path
+    session.flush()
+    return row
