@@ -19,7 +19,10 @@ from typing import Any
 
 from vmmgr.snapshot import ClusterSnapshot, HostState, PlacementRequest
 
-HAIL_PATHS = ("/usr/lib/ganeti/iallocators/hail", "/usr/lib/ganeti/3.0/usr/lib/ganeti/iallocators/hail")
+HAIL_PATHS = (
+    "/usr/lib/ganeti/iallocators/hail",
+    "/usr/lib/ganeti/3.0/usr/lib/ganeti/iallocators/hail",
+)
 
 
 def find_hail() -> str | None:
@@ -133,7 +136,8 @@ def iallocator_request(
     }
 
 
-HAIL_FLAGS = ("--no-capacity-checks",)  # no global N+1 check: vmmgr does none either
+# no global N+1 check (vmmgr does none either); node memory as reported, not a static 4 GiB
+HAIL_FLAGS = ("--no-capacity-checks", "--static-kvm-node-memory=0")
 
 
 def run_hail(hail: str, path: Path) -> tuple[float, dict[str, Any]]:

@@ -32,7 +32,7 @@ class Bound:
 def hosts_lower_bound(
     sizes: np.ndarray, cap: np.ndarray, max_hosts: int, time_limit: float = 60.0
 ) -> Bound:
-    """``sizes``: (n_vms, dims); ``cap``: (dims,) per host; ``max_hosts``: a known feasible count."""
+    """``sizes``: (n_vms, dims); ``cap``: (dims,) per host; ``max_hosts``: a feasible count."""
     import time
 
     n, dims = sizes.shape

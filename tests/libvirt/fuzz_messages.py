@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 import vmmgr.v1
@@ -167,6 +167,32 @@ class MessageGen:
                                     *self.vocab.image_paths]),
         }
 
+    def message(self, cls: type[Message], s: Source) -> Message:
+        """A generated request: half the time a valid template with a few fields changed
+        (reaches deep paths), otherwise every field drawn independently."""
+        template = TEMPLATES.get(cls.DESCRIPTOR.full_name)
+        if template is None or s.boolean():
+            return self.fill(cls(), s)
+        msg = cls()
+        template(msg, self.vocab, s)
+        for _ in range(s.integer(0, 2)):
+            self.mutate(msg, s)
+        return msg
+
+    def mutate(self, msg: Message, s: Source, depth: int = 0) -> None:
+        """Give one field (maybe inside a sub-message) a freshly generated value."""
+        fields = list(msg.DESCRIPTOR.fields)
+        if not fields:
+            return
+        fd = s.choice(fields)
+        sub = fd.message_type
+        if (sub is not None and not sub.GetOptions().map_entry and not fd.is_repeated
+                and depth < self.max_depth and s.boolean()):
+            self.mutate(getattr(msg, fd.name), s, depth + 1)
+            return
+        msg.ClearField(fd.name)
+        self._fill_field(msg, fd, s, depth)
+
     def string(self, s: Source) -> str:
         k = s.integer(0, 9)
         if k <= 3:
@@ -210,26 +236,28 @@ class MessageGen:
         return self.integer(s, t)
 
     def fill(self, msg: Message, s: Source, depth: int = 0) -> Message:
-        desc: Descriptor = msg.DESCRIPTOR
-        for fd in desc.fields:
-            if s.integer(0, 9) < 3:  # leave ~30% of the fields unset
-                continue
-            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-                self._map(msg, fd, s, depth)
-            elif fd.is_repeated:
-                for _ in range(s.integer(0, 3)):
-                    if fd.message_type is not None:
-                        if depth < self.max_depth:
-                            self.fill(getattr(msg, fd.name).add(), s, depth + 1)
-                    else:
-                        getattr(msg, fd.name).append(self.scalar(s, fd, desc.full_name))
-            elif fd.message_type is not None:
-                if depth < self.max_depth:
-                    self.fill(getattr(msg, fd.name), s, depth + 1)
-                    getattr(msg, fd.name).SetInParent()
-            else:
-                setattr(msg, fd.name, self.scalar(s, fd, desc.full_name))
+        for fd in msg.DESCRIPTOR.fields:
+            if s.integer(0, 9) >= 3:  # leave ~30% of the fields unset
+                self._fill_field(msg, fd, s, depth)
         return msg
+
+    def _fill_field(self, msg: Message, fd: FieldDescriptor, s: Source, depth: int) -> None:
+        owner = msg.DESCRIPTOR.full_name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            self._map(msg, fd, s, depth)
+        elif fd.is_repeated:
+            for _ in range(s.integer(0, 3)):
+                if fd.message_type is not None:
+                    if depth < self.max_depth:
+                        self.fill(getattr(msg, fd.name).add(), s, depth + 1)
+                else:
+                    getattr(msg, fd.name).append(self.scalar(s, fd, owner))
+        elif fd.message_type is not None:
+            if depth < self.max_depth:
+                self.fill(getattr(msg, fd.name), s, depth + 1)
+                getattr(msg, fd.name).SetInParent()
+        else:
+            setattr(msg, fd.name, self.scalar(s, fd, owner))
 
     def _map(self, msg: Message, fd: FieldDescriptor, s: Source, depth: int) -> None:
         key_fd = fd.message_type.fields_by_name["key"]
@@ -242,6 +270,58 @@ class MessageGen:
                     self.fill(target[key], s, depth + 1)
             else:
                 target[key] = self.scalar(s, val_fd, fd.message_type.full_name)
+
+
+def _vm_name(v: Vocabulary, s: Source) -> str:
+    return s.choice([*v.names, *(f"f{i}" for i in range(24))])
+
+
+def _vm_ref(v: Vocabulary, s: Source) -> str:
+    return s.choice(v.ids) if v.ids and s.boolean() else _vm_name(v, s)
+
+
+def _spec(spec: Any, v: Vocabulary, s: Source) -> None:
+    spec.name = _vm_name(v, s)
+    spec.vcpus = s.integer(1, 2)
+    spec.memory_mib = s.choice([16, 64, 128])
+    spec.disks.add(image="base")
+    spec.start = s.boolean()
+    spec.description = s.choice(HOSTILE) if s.boolean() else "fuzz"
+    spec.labels["k"] = s.choice(HOSTILE)[:256]
+
+
+def _ref(msg: Any, v: Vocabulary, s: Source) -> None:
+    msg.vm = _vm_ref(v, s)
+
+
+TemplateFn = Callable[[Any, Vocabulary, Source], None]
+TEMPLATES: dict[str, TemplateFn] = {
+    "vmmgr.v1.CreateVMRequest": lambda m, v, s: _spec(m.spec, v, s),
+    "vmmgr.v1.ExplainPlacementRequest": lambda m, v, s: _spec(m.spec, v, s),
+    **{f"vmmgr.v1.{n}VMRequest": _ref for n in (
+        "Get", "Delete", "Start", "Stop", "Reboot", "Suspend", "Resume", "Migrate")},
+    "vmmgr.v1.GetMigratabilityRequest": _ref,
+    "vmmgr.v1.GetOperationRequest": lambda m, v, s: setattr(m, "id", _vm_ref(v, s)),
+    "vmmgr.v1.CancelOperationRequest": lambda m, v, s: setattr(m, "id", _vm_ref(v, s)),
+    "vmmgr.v1.RegisterHostRequest": lambda m, v, s: (
+        setattr(m, "name", s.choice(["t1", "t2", "t3"])),
+        setattr(m, "uri", s.choice([*v.node_uris, *SAFE_URIS]))),
+    "vmmgr.v1.ImportImageRequest": lambda m, v, s: (
+        setattr(m, "name", s.choice(["base", "img2"])),
+        setattr(m, "source_path", s.choice(v.image_paths or ["/nonexistent"]))),
+    "vmmgr.v1.CreatePlacementGroupRequest": lambda m, v, s: (
+        setattr(m.group, "name", s.choice(["g1", "g2"])),
+        setattr(m.group, "policy", s.choice(["affinity", "anti-affinity", "bogus"]))),
+    "vmmgr.v1.CreateTokenRequest": lambda m, v, s: (
+        setattr(m, "name", s.choice(["t", "ci", "x" * 65])),
+        setattr(m, "role", s.integer(0, 4))),
+    "vmmgr.v1.CreateProjectRequest": lambda m, v, s: (
+        setattr(m.project, "name", s.choice(["default", "ml", "web"])),
+        setattr(m.project.quota, "vcpus", s.integer(0, 64))),
+    "vmmgr.v1.UpdateProjectRequest": lambda m, v, s: (
+        setattr(m.project, "name", s.choice(["default", "ml", "web"])),
+        setattr(m.project.quota, "vcpus", s.integer(0, 64))),
+}
 
 
 @dataclass(frozen=True)
@@ -338,7 +418,7 @@ class Fuzzer:
     def one(self, s: Source, tally: Tally, rpc: Rpc | None = None) -> str:
         rpc = rpc or s.choice(self.rpcs)
         raw = s.integer(0, 99) < self.raw_share
-        payload: Any = s.raw(200) if raw else self.gen.fill(rpc.request(), s)
+        payload: Any = s.raw(200) if raw else self.gen.message(rpc.request, s)
         md = self.metadata(s)
         call = (self.raw_calls if raw else self.calls)[rpc.path]
         code, details, trailing = "OK", "", ()

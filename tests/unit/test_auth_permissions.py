@@ -39,7 +39,7 @@ def test_every_rpc_has_exactly_one_rule() -> None:
 
 
 def test_mutating_methods_are_known_and_need_more_than_viewer() -> None:
-    assert perm.MUTATING <= perm.PERMISSIONS.keys()
+    assert perm.PERMISSIONS.keys() >= perm.MUTATING
     for method in perm.MUTATING:
         assert perm.RANK[perm.PERMISSIONS[method]] > perm.RANK[Role.VIEWER], method
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 
 from vmmgr.errors import InvalidArgument, NoHostFits
@@ -247,3 +248,18 @@ def test_vm_being_replaced_keeps_its_old_usage_counted() -> None:
     vms = (VMSnap("v", "v", "dead", 2, 1024),)
     s = snap(host("dead", state=HostState.DOWN, used_vcpus=2), host("b"), vms=vms)
     assert Scheduler().place(s, req("v")).host == "b"
+
+
+def test_disabled_device_filter_leaves_device_choice_to_catch_it() -> None:
+    # without the mig filter, hosts lacking MIG reach device choice; scores stay finite and the
+    # MIG host still wins, the others are charged to device_assignment when walked
+    names = tuple(n for n in SchedulerConfig().enabled_filters if n != "mig")
+    s = snap(host("plain1"), host("mig", devices=[gpu("mig", 0, mig=True)]), host("plain2"))
+    p = Scheduler(SchedulerConfig(enabled_filters=names)).place(
+        s, req(mig_profile="1g.10gb"), explain=True
+    )
+    assert p.host == "mig"
+    assert all(np.isfinite(r.score) for r in p.ranked)
+    rej = p.explanation.rejections()
+    assert "mig" not in rej
+    assert sum(rej.values()) + p.explanation.hosts_passed == 3

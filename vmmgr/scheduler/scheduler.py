@@ -20,9 +20,9 @@ from .results import Explanation, FilterReport, Placement, RankedHost
 from .weighers import BUILTIN_WEIGHERS, VectorWeigher, Weigher
 from .working import ClusterIndex, Demand, FloatArray, IntArray, WorkingState, largest_first
 
-DEVICE_ASSIGNMENT = "device_assignment"
-_MIN = np.minimum.reduce
-_MAX = np.maximum.reduce  # hosts that passed the counts but not a device pick
+DEVICE_ASSIGNMENT = "device_assignment"  # hosts that passed the counts but not a device pick
+_MIN = np.minimum.reduce  # the ufunc reductions skip ndarray.min()'s Python-level wrapper
+_MAX = np.maximum.reduce
 
 
 class Scheduler:

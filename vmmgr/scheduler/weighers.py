@@ -83,6 +83,9 @@ class AcceleratorReserveWeigher:
         return _scalar(self, host, request, ctx)
 
 
+NO_CAPACITY_LOSS = 100.0  # worse than any real loss (a host has at most a few dozen GPUs)
+
+
 class GpuFragmentationWeigher:
     """Keep big GPU units placeable. vGPU / MIG: minus the drop of the host's largest placeable
     unit (free GPUs + the biggest share a partly used GPU still takes) when the instance goes on
@@ -106,7 +109,8 @@ class GpuFragmentationWeigher:
             else:
                 loss = st.need_loss(need)
                 if loss is not None:
-                    out -= loss[cand]
+                    # inf = no capacity there (only when the device filter is disabled)
+                    out -= np.minimum(loss[cand], NO_CAPACITY_LOSS)
         return out
 
     def weigh(self, host: HostView, request: PlacementRequest, ctx: FilterContext) -> float:
@@ -140,11 +144,8 @@ class LoadWeigher:
         self, cand: IntArray, request: PlacementRequest, ctx: FilterContext
     ) -> FloatArray:
         ix = ctx.state.ix
-        if ctx.demand.accel:
-            out: FloatArray = -0.5 * (ix.load[cand] + ix.accel_util[cand])
-            return out
-        neg: FloatArray = -ix.load[cand]
-        return neg
+        out: FloatArray = (ix.neg_load_accel if ctx.demand.accel else ix.neg_load)[cand]
+        return out
 
     def weigh(self, host: HostView, request: PlacementRequest, ctx: FilterContext) -> float:
         return _scalar(self, host, request, ctx)

@@ -176,7 +176,7 @@ class ClusterIndex:
                 if k not in caps:
                     caps[k] = np.zeros((self.ncols, n), dtype=np.int64)
                     totals[k] = np.zeros(n, dtype=np.int64)
-                    losses[k] = np.zeros(n, dtype=np.float64)
+                    losses[k] = np.full(n, np.inf)  # no capacity: no loss to speak of
             for k, row in rows.items():
                 caps[k][:, i] = row
                 totals[k][i] = sum(row)
@@ -185,7 +185,9 @@ class ClusterIndex:
         self.caps = caps
         self.totals = totals
         self.losses = losses
-        self.accel_hosts: BoolArray = np.array([bool(h.devices) for h in hosts], dtype=np.bool_)
+        # the load weigher's raw values (higher = better), precomputed: telemetry is static here
+        self.neg_load: FloatArray = -self.load
+        self.neg_load_accel: FloatArray = -0.5 * (self.load + self.accel_util)
 
         # groups
         self.groups: dict[str, GroupSnap] = {}
@@ -359,7 +361,6 @@ class WorkingState:
         self._devices: dict[int, dv.HostDevices] = {}
         self._owned: set[str] = set()
         self._owned_keys: set[str] = set()
-        self.claimed_vms: set[str] = set()
 
     # -- reads --
 
@@ -570,7 +571,6 @@ class WorkingState:
             if arr is None:
                 arr = self._group_counts[g.name] = self.ix.base_group_counts(g.name).copy()
             arr[h] += 1
-        self.claimed_vms.add(req.vm_id)
         return claims
 
     def _refresh_devices(self, h: int, hd: dv.HostDevices) -> None:
@@ -584,7 +584,7 @@ class WorkingState:
             else:
                 self.caps[k][:, h] = row
                 self.totals[k][h] = sum(row)
-            self.losses[k][h] = loss.get(k, 0.0)
+            self.losses[k][h] = loss.get(k, np.inf)
         self._own("accel_free")
         self.accel_free[h] = hd.accel_free()
 

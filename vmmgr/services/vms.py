@@ -183,6 +183,7 @@ class VMService:
             mig_profile=req.mig_profile or None,
             fpga_model=fpga.model if fpga else None,
             fpga_count=fpga.count if fpga else 0,
+            fpga_allow_vf=fpga.allow_vf if fpga else False,
             groups=req.groups,
             required_tags=frozenset(req.required_host_tags),
             host=req.host or None,
@@ -192,7 +193,7 @@ class VMService:
         validate_vm_create(req)
         with self.store.read_session() as s:
             snap = build_snapshot(s)
-        return self.scheduler.place(snap, self.placement_request(req, "dry-run"))
+        return self.scheduler.place(snap, self.placement_request(req, "dry-run"), explain=True)
 
     # ------------------------------------------------------------------ create
 
