@@ -1,7 +1,9 @@
 """Load balancer: a greedy planner of live migrations with a short look-ahead (pure).
 
 Objective = ``policies.score`` spread + the moves' costs. Each step scores (numpy, closed form)
-every movable VM on the ``sources`` most pressured hosts against every host. Of the
+every movable VM on the ``sources`` most pressured hosts (pressure = the score's gradient, taken
+overall and per metric, so a host hot in memory only is not missed) against the least pressured
+hosts (``sinks``). Of the
 ``lookahead`` best first moves that pass the filters, it takes the one whose greedy roll-out of
 ``rollout`` moves lowers the score most (plain steepest descent when lookahead <= 1): that needs
 fewer moves than steepest descent for the same score. When the most pressured hosts offer no move
@@ -38,10 +40,11 @@ class BalanceConfig:
     start_threshold: float = 0.05
     stop_threshold: float = 0.02
     hold_rounds: int = 2
-    min_gain: float = 0.05  # net gain of one move x number of up hosts (size-independent)
+    min_gain: float = 0.045  # net gain of one move x number of up hosts (size-independent)
     max_moves: int = 20
     cooldown_s: float = 3600.0  # a VM moved less than this ago stays put
-    sources: int = 8  # most pressured hosts searched first each step
+    sources: int = 16  # most pressured hosts (overall and per metric) searched first
+    sinks: int = 32  # least pressured hosts tried as destinations (at least 4 x sources)
     lookahead: int = 8  # first moves compared by their roll-out
     rollout: int = 5  # moves in each roll-out (the first included)
     fits_tries: int = 16  # candidates offered to the filters per step before giving up
@@ -165,7 +168,7 @@ def _candidates(search: Search, cfg: BalanceConfig, threshold: float) -> list[tu
     """Up to ``fits_tries`` best (VM, host) first moves, widening the sources when none."""
     k = max(1, cfg.sources)
     while True:
-        ids, cols, everything = search.sources(k)
+        ids, cols, everything = search.sources(k, cfg.sinks)
         found: list[tuple[float, str, int]] = []
         for start in range(0, len(ids), 256):
             chunk = ids[start : start + 256]
@@ -209,7 +212,7 @@ def _step(
         search.commit(vm, d)
         spent = search.cost[vm.id]
         for _ in range(cfg.rollout - 1):
-            nxt = search.best(max(1, cfg.sources), threshold, widen=False)
+            nxt = search.best(max(1, cfg.sources), threshold, widen=False, sinks=cfg.sinks)
             if nxt is None:
                 break
             search.commit(model.vms[nxt[0]], nxt[1])

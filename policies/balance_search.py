@@ -58,6 +58,20 @@ class _Undo:
     score: float
 
 
+def _top(cand: np.ndarray, rows: list[np.ndarray], k: int, largest: bool) -> np.ndarray:
+    """Union of the ``k`` best of ``cand`` under each row, ordered by the first row."""
+    if k >= cand.size:
+        picked = cand
+    else:
+        parts = []
+        for r in rows:
+            key = -r[cand] if largest else r[cand]
+            parts.append(cand[np.argpartition(key, k - 1)[:k]])
+        picked = np.unique(np.concatenate(parts))
+    key = -rows[0][picked] if largest else rows[0][picked]
+    return picked[np.argsort(key, kind="stable")]
+
+
 class Search:
     """Working state of one planning run over ``model`` (which it mutates)."""
 
@@ -103,28 +117,28 @@ class Search:
         return sets, n, s1, s2, sigma
 
     def pressure(self) -> np.ndarray:
-        """Per host, the score's gradient direction: how much it wants to shed load."""
+        """Per metric and host (M x H), the weighted z-score: how much the host wants to shed
+        (positive) or can take (negative) of that metric. Their sum is the score's gradient
+        direction."""
         sets, n, s1, _, sigma = self._stats()
         mu = s1 / np.maximum(n, 1.0)
         scale = np.where(sigma > 0, sigma, 1.0)[:, None]
         z = np.where(sets & (sigma[:, None] > 0), (self.u - mu[:, None]) / scale, 0.0)
-        return np.asarray((self.w[:, None] * z).sum(axis=0))
+        return np.asarray(self.w[:, None] * z)
 
-    def sources(self, k: int) -> tuple[list[str], np.ndarray, bool]:
-        """Movable VMs on the ``k`` most pressured hosts, the ``4k`` (at least 32) least
-        pressured up hosts as destinations, and True when that is every host."""
-        p = self.pressure()
-        hosts = np.flatnonzero(self.n_movable > 0)
-        if k < hosts.size:
-            top = hosts[np.argpartition(-p[hosts], k - 1)[:k]]
-            hosts = top[np.argsort(-p[top], kind="stable")]
-        else:
-            hosts = hosts[np.argsort(-p[hosts], kind="stable")]
+    def sources(self, k: int, sinks: int = 32) -> tuple[list[str], np.ndarray, bool]:
+        """Movable VMs on the ``k`` most pressured hosts (by the summed pressure and by each
+        metric's own, so a host hot in one metric only is not missed), the ``max(4k, sinks)``
+        least pressured up hosts (same rule) as destinations, and True when that is all."""
+        z = self.pressure()
+        rows = [z.sum(axis=0)] + [z[m] for m in range(z.shape[0]) if self.w[m] > 0 and z[m].any()]
+        movable = np.flatnonzero(self.n_movable > 0)
         up = np.flatnonzero(self.usable)
-        kd = max(4 * k, 32)
-        cols = up if kd >= up.size else up[np.argpartition(p[up], kd - 1)[:kd]]
-        everything = bool(k >= np.count_nonzero(self.n_movable) and kd >= up.size)
-        return [v for h in hosts for v in self.by_host[int(h)]], np.sort(cols), everything
+        kd = max(4 * k, sinks)
+        src = _top(movable, rows, k, largest=True)
+        cols = _top(up, rows, kd, largest=False)
+        everything = bool(src.size >= movable.size and cols.size >= up.size)
+        return [v for h in src for v in self.by_host[int(h)]], np.sort(cols), everything
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, vm_ids: Sequence[str], cols: np.ndarray | None = None) -> np.ndarray:
@@ -191,10 +205,12 @@ class Search:
         cost = np.array([self.cost[v] for v in vm_ids], dtype=np.float64)
         return np.where(feas, -delta - cost[:, None], -np.inf)
 
-    def best(self, k: int, threshold: float, widen: bool = True) -> tuple[str, int, float] | None:
+    def best(
+        self, k: int, threshold: float, widen: bool = True, sinks: int = 32
+    ) -> tuple[str, int, float] | None:
         """The best move among the VMs of the ``k`` most pressured hosts (widening when none)."""
         while True:
-            ids, cols, everything = self.sources(k)
+            ids, cols, everything = self.sources(k, sinks)
             if ids:
                 gain = self.evaluate(ids, cols)
                 j = int(np.argmax(gain))

@@ -23,9 +23,9 @@ import numpy as np
 
 from vmmgr.errors import InvalidArgument
 
-_ALPHAS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
-_BETAS = (0.0, 0.01, 0.05, 0.15)
-_GAMMAS = (0.05, 0.1, 0.2, 0.4)
+_ALPHAS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
+_BETAS = (0.0, 0.01, 0.05)
+_GAMMAS = (0.01, 0.03, 0.06, 0.1, 0.2, 0.4)
 _PHIS = (0.9, 0.98)
 
 

@@ -68,8 +68,8 @@ def main() -> int:
             t.join()
         elapsed = time.perf_counter() - t0
         total = Tally()
-        for t in tallies:
-            total.merge(t)
+        for part in tallies:
+            total.merge(part)
         d.hosts.ListHosts(host_pb2.ListHostsRequest(), timeout=30)  # still alive
         with d.core.store.read_session() as s:
             bad_ops = list(s.exec(select(Operation).where(Operation.error_code == "INTERNAL")))

@@ -265,7 +265,8 @@ def main() -> int:
           f"{args.duration:.0f} s measured), tokens required, test driver")
     print(f"  calls: {stats.reads} reads, {stats.writes} writes "
           f"({(calls_end - calls_warm) / args.duration:.0f} calls/s after warm-up)")
-    print(f"  read latency  p50 {pct(stats.read_s, 0.5):7.1f} ms  p99 {pct(stats.read_s, 0.99):7.1f} ms")
+    print(f"  read latency  p50 {pct(stats.read_s, 0.5):7.1f} ms  "
+          f"p99 {pct(stats.read_s, 0.99):7.1f} ms")
     print(f"  write latency p50 {pct(stats.write_s, 0.5):7.1f} ms  "
           f"p99 {pct(stats.write_s, 0.99):7.1f} ms")
     print(f"  errors: {len(stats.errors)} (bound 0)")

@@ -127,7 +127,7 @@ class HypothesisSource:
         return items[self.data.draw(self.st.integers(0, len(items) - 1))]
 
     def text(self, max_len: int) -> str:
-        alphabet = self.st.characters(exclude_categories=("Cs",))
+        alphabet = self.st.characters(exclude_categories=["Cs"])
         return str(self.data.draw(self.st.text(alphabet, max_size=max_len)))
 
     def floating(self) -> float:
@@ -184,7 +184,7 @@ class MessageGen:
         fields = list(msg.DESCRIPTOR.fields)
         if not fields:
             return
-        fd = s.choice(fields)
+        fd: Any = s.choice(fields)
         sub = fd.message_type
         if (sub is not None and not sub.GetOptions().map_entry and not fd.is_repeated
                 and depth < self.max_depth and s.boolean()):
@@ -231,7 +231,7 @@ class MessageGen:
                 v = math.copysign(3.4e38, v)
             return v
         if t == FieldDescriptor.TYPE_ENUM:
-            values = [v.number for v in fd.enum_type.values]
+            values = [v.number for v in fd.enum_type.values]  # type: ignore[union-attr]
             return s.choice(values) if s.integer(0, 9) else s.integer(-3, 99)
         return self.integer(s, t)
 
@@ -241,7 +241,7 @@ class MessageGen:
                 self._fill_field(msg, fd, s, depth)
         return msg
 
-    def _fill_field(self, msg: Message, fd: FieldDescriptor, s: Source, depth: int) -> None:
+    def _fill_field(self, msg: Message, fd: Any, s: Source, depth: int) -> None:
         owner = msg.DESCRIPTOR.full_name
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             self._map(msg, fd, s, depth)
@@ -259,7 +259,7 @@ class MessageGen:
         else:
             setattr(msg, fd.name, self.scalar(s, fd, owner))
 
-    def _map(self, msg: Message, fd: FieldDescriptor, s: Source, depth: int) -> None:
+    def _map(self, msg: Message, fd: Any, s: Source, depth: int) -> None:
         key_fd = fd.message_type.fields_by_name["key"]
         val_fd = fd.message_type.fields_by_name["value"]
         target = getattr(msg, fd.name)
@@ -295,32 +295,48 @@ def _ref(msg: Any, v: Vocabulary, s: Source) -> None:
 
 
 TemplateFn = Callable[[Any, Vocabulary, Source], None]
+Pick = Callable[[Vocabulary, Source], Any]
+
+
+def _fields(**picks: Pick) -> TemplateFn:
+    """A template setting each field (``a__b`` = a.b) to a picked value."""
+
+    def apply(msg: Any, v: Vocabulary, s: Source) -> None:
+        for path, pick in picks.items():
+            *parents, last = path.split("__")
+            target = msg
+            for p in parents:
+                target = getattr(target, p)
+            setattr(target, last, pick(v, s))
+
+    return apply
+
+
+def _one_of(*values: Any) -> Pick:
+    return lambda v, s: s.choice(values)
+
+
+_PROJECT = _fields(project__name=_one_of("default", "ml", "web"),
+                   project__quota__vcpus=lambda v, s: s.integer(0, 64))
 TEMPLATES: dict[str, TemplateFn] = {
     "vmmgr.v1.CreateVMRequest": lambda m, v, s: _spec(m.spec, v, s),
     "vmmgr.v1.ExplainPlacementRequest": lambda m, v, s: _spec(m.spec, v, s),
     **{f"vmmgr.v1.{n}VMRequest": _ref for n in (
         "Get", "Delete", "Start", "Stop", "Reboot", "Suspend", "Resume", "Migrate")},
     "vmmgr.v1.GetMigratabilityRequest": _ref,
-    "vmmgr.v1.GetOperationRequest": lambda m, v, s: setattr(m, "id", _vm_ref(v, s)),
-    "vmmgr.v1.CancelOperationRequest": lambda m, v, s: setattr(m, "id", _vm_ref(v, s)),
-    "vmmgr.v1.RegisterHostRequest": lambda m, v, s: (
-        setattr(m, "name", s.choice(["t1", "t2", "t3"])),
-        setattr(m, "uri", s.choice([*v.node_uris, *SAFE_URIS]))),
-    "vmmgr.v1.ImportImageRequest": lambda m, v, s: (
-        setattr(m, "name", s.choice(["base", "img2"])),
-        setattr(m, "source_path", s.choice(v.image_paths or ["/nonexistent"]))),
-    "vmmgr.v1.CreatePlacementGroupRequest": lambda m, v, s: (
-        setattr(m.group, "name", s.choice(["g1", "g2"])),
-        setattr(m.group, "policy", s.choice(["affinity", "anti-affinity", "bogus"]))),
-    "vmmgr.v1.CreateTokenRequest": lambda m, v, s: (
-        setattr(m, "name", s.choice(["t", "ci", "x" * 65])),
-        setattr(m, "role", s.integer(0, 4))),
-    "vmmgr.v1.CreateProjectRequest": lambda m, v, s: (
-        setattr(m.project, "name", s.choice(["default", "ml", "web"])),
-        setattr(m.project.quota, "vcpus", s.integer(0, 64))),
-    "vmmgr.v1.UpdateProjectRequest": lambda m, v, s: (
-        setattr(m.project, "name", s.choice(["default", "ml", "web"])),
-        setattr(m.project.quota, "vcpus", s.integer(0, 64))),
+    "vmmgr.v1.GetOperationRequest": _fields(id=_vm_ref),
+    "vmmgr.v1.CancelOperationRequest": _fields(id=_vm_ref),
+    "vmmgr.v1.RegisterHostRequest": _fields(
+        name=_one_of("t1", "t2", "t3"), uri=lambda v, s: s.choice([*v.node_uris, *SAFE_URIS])),
+    "vmmgr.v1.ImportImageRequest": _fields(
+        name=_one_of("base", "img2"),
+        source_path=lambda v, s: s.choice(v.image_paths or ["/nonexistent"])),
+    "vmmgr.v1.CreatePlacementGroupRequest": _fields(
+        group__name=_one_of("g1", "g2"), group__policy=_one_of("affinity", "anti-affinity", "x")),
+    "vmmgr.v1.CreateTokenRequest": _fields(name=_one_of("t", "ci", "x" * 65),
+                                           role=lambda v, s: s.integer(0, 4)),
+    "vmmgr.v1.CreateProjectRequest": _PROJECT,
+    "vmmgr.v1.UpdateProjectRequest": _PROJECT,
 }
 
 
@@ -421,7 +437,8 @@ class Fuzzer:
         payload: Any = s.raw(200) if raw else self.gen.message(rpc.request, s)
         md = self.metadata(s)
         call = (self.raw_calls if raw else self.calls)[rpc.path]
-        code, details, trailing = "OK", "", ()
+        code, details = "OK", ""
+        trailing: Any = ()
         try:
             if rpc.server_streaming:
                 it = call(payload, timeout=self.stream_timeout, metadata=md)
@@ -448,16 +465,12 @@ class Fuzzer:
 
     def learn(self, resp: Any) -> None:
         """Remember ids from responses so later requests name existing objects."""
-        op = getattr(resp, "operation", None)
-        if op is not None and getattr(op, "id", ""):
-            self.vocab.add_id(op.id)
-            vm_id = op.result.get("vm_id", "") if hasattr(op, "result") else ""
-            self.vocab.add_id(vm_id)
-        vm = getattr(resp, "vm", None)
-        if vm is not None and getattr(vm, "id", ""):
-            self.vocab.add_id(vm.id)
-        for v in getattr(resp, "vms", ())[:3]:
-            self.vocab.add_id(v.id)
-        token = getattr(resp, "token", None)
-        if token is not None and getattr(token, "id", ""):
-            self.vocab.add_id(token.id)
+        for name in ("operation", "vm", "token"):
+            if resp.DESCRIPTOR.fields_by_name.get(name) is not None and resp.HasField(name):
+                sub = getattr(resp, name)
+                self.vocab.add_id(sub.id)
+                if name == "operation":
+                    self.vocab.add_id(sub.result.get("vm_id", ""))
+        if "vms" in resp.DESCRIPTOR.fields_by_name:
+            for v in resp.vms[:3]:
+                self.vocab.add_id(v.id)

@@ -414,8 +414,9 @@ class LiveMigration:
             if conn is None:
                 conn = libvirt.open(self.dest_uri)
                 opened = True
+            # KEEP_COMPLETED: reading completed stats would otherwise discard them for others
             stats = conn.lookupByUUIDString(self.uuid).jobStats(
-                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED
+                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
             )
             if stats.get("type", 0) != libvirt.VIR_DOMAIN_JOB_NONE:
                 sample = sample_from_stats(stats)
