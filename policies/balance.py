@@ -47,6 +47,7 @@ class BalanceConfig:
     sinks: int = 32  # least pressured hosts tried as destinations (at least 4 x sources)
     lookahead: int = 8  # first moves compared by their roll-out
     rollout: int = 5  # moves in each roll-out (the first included)
+    rollout_sources: int = 4  # roll-outs only estimate: a narrower, cheaper search
     fits_tries: int = 16  # candidates offered to the filters per step before giving up
 
 
@@ -212,7 +213,7 @@ def _step(
         search.commit(vm, d)
         spent = search.cost[vm.id]
         for _ in range(cfg.rollout - 1):
-            nxt = search.best(max(1, cfg.sources), threshold, widen=False, sinks=cfg.sinks)
+            nxt = search.best(max(1, cfg.rollout_sources), threshold, False, cfg.sinks)
             if nxt is None:
                 break
             search.commit(model.vms[nxt[0]], nxt[1])

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtHypervisor
+from drivers.hypervisor.libvirt.migrator import LibvirtMigrator
 from drivers.image_files import LocalImageFiles
 from vmmgr.config import Config
 from vmmgr.daemon import Core, build_core, build_server, no_agent
@@ -109,7 +110,7 @@ test_config.__test__ = False  # type: ignore[attr-defined]
 @contextmanager
 def running_daemon(config: Config, agent_for: AgentFactory = no_agent) -> Iterator[Daemon]:
     hv = LibvirtHypervisor(LibvirtConfig(keepalive_interval_s=2, keepalive_count=3))
-    core = build_core(config, hv, LocalImageFiles(), agent_for)
+    core = build_core(config, hv, LocalImageFiles(), agent_for, LibvirtMigrator())
     core.start()
     server, port = build_server(core, "127.0.0.1:0", workers=8)
     server.start()

@@ -42,6 +42,12 @@ class Config:
     placement_strategy: str = "spread"
     pool_strategies: list[str] = field(default_factory=list)  # "POOL=pack"
     weigher_multipliers: list[str] = field(default_factory=list)  # "gpu_fragmentation=3"
+    # migrations: concurrency limits (0 = unlimited), operator policy, the lab's shared storage
+    migrations_per_host_out: int = 2
+    migrations_per_host_in: int = 2
+    migrations_per_cluster: int = 8
+    allow_vgpu_live_migration: bool = False
+    migration_unsafe: bool = False  # shared disks on a local filesystem (lab only)
     # FPGA program steps, from the TOML file only, e.g.
     #   [fpga_profiles.u250-xdma]
     #   bitstream = "/lib/firmware/x.xclbin"

@@ -33,10 +33,10 @@ from vmmgr.api.planned import planned
 from vmmgr.api.vms import VMServicer
 from vmmgr.config import Config
 from vmmgr.devices.ports import DeviceAgent
-from vmmgr.errors import AlreadyExists, Unavailable, VmmgrError
+from vmmgr.errors import AlreadyExists, Unavailable, Unimplemented, VmmgrError
 from vmmgr.logs import setup_logging
 from vmmgr.metrics import Metrics
-from vmmgr.ports import Hypervisor, ImageFiles
+from vmmgr.ports import Hypervisor, ImageFiles, Migrator
 from vmmgr.scheduler import Scheduler
 from vmmgr.services.accelerators import Accelerators
 from vmmgr.services.connections import ConnectionManager
@@ -45,6 +45,7 @@ from vmmgr.services.events import EventBus, EventRecord
 from vmmgr.services.groups import GroupService
 from vmmgr.services.hosts import HostService
 from vmmgr.services.images import ImageService
+from vmmgr.services.migrations import MigrationService
 from vmmgr.services.operations import Operations
 from vmmgr.services.vms import VMService
 from vmmgr.state import Store, open_store, repo
@@ -99,6 +100,7 @@ class Core:
     images: ImageService
     vms: VMService
     devices: DeviceService
+    migrations: MigrationService
     jobs: BackgroundScheduler = field(default_factory=lambda: BackgroundScheduler(daemon=True))
     _seen_foreign: set[str] = field(default_factory=set)
 
@@ -141,11 +143,21 @@ def no_agent(host: Host) -> DeviceAgent | None:
     return None
 
 
+class _NoMigrator:
+    """For cores built without a hypervisor that can migrate (unit tests)."""
+
+    def live(self, *args: object, **kwargs: object) -> object:
+        raise Unimplemented("this daemon was built without a migrator")
+
+    cold = live
+
+
 def build_core(
     config: Config,
     hypervisor: Hypervisor,
     image_files: ImageFiles,
     agent_for: AgentFactory = no_agent,
+    migrator: Migrator | None = None,
 ) -> Core:
     store = open_store(config.db_url or None, config.state_dir)
 
@@ -188,7 +200,17 @@ def build_core(
     )
     hosts.on_registered.append(devices.rescan)
     holder.update(vms=vms, hosts=hosts, devices=devices)
-    return Core(config, store, events, ops, conns, hosts, images, vms, devices)
+    migrations = MigrationService(
+        store,
+        ops,
+        events,
+        vms,
+        hosts,
+        Scheduler(config.scheduler()),
+        migrator or _NoMigrator(),
+        config,
+    )
+    return Core(config, store, events, ops, conns, hosts, images, vms, devices, migrations)
 
 
 def build_server(
@@ -207,9 +229,11 @@ def build_server(
     )
     # --- end issue 7 block ---
     vm_pb2_grpc.add_VMServiceServicer_to_server(
-        VMServicer(core.vms, GroupService(core.store)), server
+        VMServicer(core.vms, GroupService(core.store), core.migrations), server
     )
-    host_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(core.hosts, core.vms), server)
+    host_pb2_grpc.add_HostServiceServicer_to_server(
+        HostServicer(core.hosts, core.vms, core.migrations), server
+    )
     image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(core.images), server)
     operation_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(core.ops), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(
@@ -286,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level, json_lines=config.log_json)
     from drivers.devices.agents import agent_factory
     from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtHypervisor
+    from drivers.hypervisor.libvirt.migrator import LibvirtMigrator
     from drivers.image_files import LocalImageFiles
 
     hypervisor = LibvirtHypervisor(
@@ -294,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     agents = agent_factory()
-    core = build_core(config, hypervisor, LocalImageFiles(), agents)
+    core = build_core(config, hypervisor, LocalImageFiles(), agents, LibvirtMigrator())
     core.start()
     metrics = Metrics(core.store)  # issue 7: one registry for gRPC and /metrics
     server, port = build_server(

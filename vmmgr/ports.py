@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class DomainState(StrEnum):
@@ -219,3 +219,46 @@ class ImageFiles(Protocol):
     def inspect(self, path: str) -> ImageFacts:
         """Full facts, including the sha256 (reads the whole file)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    """How to live-migrate (0 = libvirt's default for the numbers)."""
+
+    max_downtime_ms: int = 0
+    bandwidth_mib_s: int = 0
+    auto_converge: bool = False
+    allow_postcopy: bool = False  # refused by the driver for VMs with VFIO devices
+    copy_storage: bool = False  # copy non-shared disks (the target needs a covering pool)
+    unsafe: bool = False  # shared disk directory on a local filesystem (the lab)
+    schedule: tuple[object, ...] = ()  # vmmgr.migration.Step values; () = the default schedule
+
+
+class Migrator(Protocol):
+    """Moves a domain between two hosts (drivers.hypervisor.libvirt.migrator)."""
+
+    def live(
+        self,
+        source: HostConnection,
+        vm_id: str,
+        target_uri: str,
+        options: LiveOptions,
+        *,
+        on_progress: Callable[[Any], None],
+        cancelled: Callable[[], bool],
+    ) -> Any:
+        """Block until done; return a vmmgr.migration.MigrationResult. On any failure the VM
+        keeps running on the source (the driver rolls back) and a VmmgrError is raised."""
+        ...
+
+    def cold(
+        self,
+        source: HostConnection,
+        vm_id: str,
+        target: HostConnection,
+        *,
+        pool: str,
+        shutdown_timeout_s: float,
+        on_progress: Callable[[Any], None],
+        cancelled: Callable[[], bool],
+    ) -> Any: ...

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
+import subprocess
 import threading
 import uuid
 
@@ -163,3 +165,56 @@ def test_cold_migration_undoes_when_the_target_cannot_start_the_vm(
             dom.destroy()
         dom.undefine()
         os.unlink(lab.hosts[0].path_in_host(kernel))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_cold_migration_copies_a_stopped_vm_disk_byte_for_byte(lab: Lab, conns) -> None:
+    """A qcow2 with data and holes arrives identical (sparse stream), format re-detected."""
+    name = f"t-copy-{uuid.uuid4().hex[:6]}"
+    pool0 = conns[0].storagePoolLookupByName("local")
+    vol = pool0.createXML(
+        f"<volume><name>{name}.qcow2</name><capacity>67108864</capacity>"
+        "<target><format type='qcow2'/></target></volume>",
+        0,
+    )
+    vol_path = vol.path()  # the same in-namespace path on both hosts
+    src_file = lab.hosts[0].path_in_host(vol_path)
+    subprocess.run(  # data at 1 MiB and 40 MiB, holes elsewhere
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 512k", "-c", "write -P 0x5a 40M 64k",
+         src_file],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    want = _sha256(src_file)
+    xml = (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{vol_path}'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+    )
+    dom = conns[0].defineXML(xml)
+    try:
+        res = cold_migrate(dom, conns[1], dest_pool="local")
+        assert res.downtime_ms is None and res.actions[0] == "already stopped"
+        dst_file = lab.hosts[1].path_in_host(vol_path)
+        assert _sha256(dst_file) == want
+        assert res.data_transferred < os.path.getsize(dst_file)  # holes were not sent as data
+        moved = conns[1].storagePoolLookupByName("local").storageVolLookupByName(f"{name}.qcow2")
+        assert "<format type='qcow2'/>" in moved.XMLDesc(0)
+        assert not os.path.exists(src_file)  # the source copy is gone
+        assert not conns[1].lookupByName(name).isActive()  # it was stopped: it stays stopped
+    finally:
+        for i in (0, 1):
+            with contextlib.suppress(libvirt.libvirtError):
+                conns[i].lookupByName(name).undefine()
+            with contextlib.suppress(libvirt.libvirtError):
+                p = conns[i].storagePoolLookupByName("local")
+                p.refresh(0)
+                p.storageVolLookupByName(f"{name}.qcow2").delete(0)

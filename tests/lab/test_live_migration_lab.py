@@ -70,6 +70,19 @@ def test_live_migration_keeps_the_guest_running(lab: Lab, conns, pet) -> None:
     assert progress[-1].percent == 100.0
 
 
+def test_auto_converge_migration_completes(lab: Lab, conns, pet) -> None:
+    src = pet.where(conns)
+    res = migrate_live(
+        pet.dom(conns, src),
+        lab.hosts[1 - src].uri,
+        LiveMigrationOptions(
+            unsafe=True, auto_converge=True, migrate_uri=lab.hosts[1 - src].migration_uri
+        ),
+    )
+    assert res.downtime_ms is not None
+    assert pet.running_on(conns, 1 - src) and pet.name not in conns.names(src)
+
+
 def test_cancel_midway_leaves_the_guest_on_the_source(lab: Lab, conns, pet) -> None:
     src = pet.where(conns)
     dst = 1 - src

@@ -246,3 +246,29 @@ def test_replayed_move_from_a_wrong_source_is_reported() -> None:
     snap = piled(2, 2)
     problems = check_moves(snap, [Move("v0", "h1", "h0")])
     assert any("plan says h1" in p for p in problems) and any("does not fit" in p for p in problems)
+
+
+def test_a_single_up_host_gets_no_plan() -> None:
+    hosts = [HostSnap("a", HostState.UP, 8, 8192), HostSnap("b", HostState.DOWN, 8, 8192)]
+    plan = plan_balance(cluster(hosts, [vm("x", "a"), vm("y", "a")]), now=0.0, config=GO)
+    assert plan.moves == () and plan.score_before == 0.0
+
+
+def test_gpu_load_share_travels_with_a_vgpu_vm() -> None:
+    dev_a = vgpu_device("a", "01", claims=2, util=0.8)
+    hosts = [
+        HostSnap("a", HostState.UP, 32, 65536, devices=(dev_a,)),
+        HostSnap("b", HostState.UP, 32, 65536, devices=(vgpu_device("b", "01", util=0.0),)),
+    ]
+    vms = [
+        vm("g1", "a", 2, 4096, vgpu_type="nvidia-1"),
+        vm("g2", "a", 2, 4096, vgpu_type="nvidia-1"),
+    ]
+    snap = cluster(hosts, vms)
+    w = Weights(cpu=0.0, memory=0.0, gpu=1.0, slots=0.0)
+    plan = plan_balance(snap, now=0.0, config=replace(GO, weights=w))
+    assert len(plan.moves) == 1
+    after = apply_moves(snap, plan.moves)
+    utils = [h.devices[0].utilization for h in after.hosts]
+    assert utils == [pytest.approx(0.4), pytest.approx(0.4)]  # half of a's GPU load moved
+    assert plan.score_after == pytest.approx(0.0, abs=1e-12)

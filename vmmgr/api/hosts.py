@@ -8,8 +8,9 @@ import grpc
 
 from vmmgr.api import convert
 from vmmgr.api.errors import servicer
-from vmmgr.errors import InvalidArgument, Unimplemented
+from vmmgr.errors import InvalidArgument
 from vmmgr.services.hosts import HostService
+from vmmgr.services.migrations import MigrationService
 from vmmgr.services.vms import VMService
 from vmmgr.state.models import Host
 from vmmgr.v1 import host_pb2, host_pb2_grpc
@@ -19,9 +20,10 @@ Ctx: TypeAlias = grpc.ServicerContext
 
 @servicer
 class HostServicer(host_pb2_grpc.HostServiceServicer):
-    def __init__(self, hosts: HostService, vms: VMService) -> None:
+    def __init__(self, hosts: HostService, vms: VMService, migrations: MigrationService) -> None:
         self.hosts = hosts
         self.vms = vms
+        self.migrations = migrations
 
     def _host(self, h: Host, usage: dict[str, tuple[int, int, int]] | None = None) -> host_pb2.Host:
         vms, vcpus, memory = (usage if usage is not None else self.vms.usage_by_host()).get(
@@ -85,9 +87,30 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
     def EnterMaintenance(
         self, request: host_pb2.EnterMaintenanceRequest, context: Ctx
     ) -> host_pb2.EnterMaintenanceResponse:
-        raise Unimplemented("maintenance mode with evacuation is planned (issue 5)")
+        plan, op = self.migrations.enter_maintenance(
+            request.name, dry_run=request.dry_run, stop_blocked=request.stop_blocked
+        )
+        resp = host_pb2.EnterMaintenanceResponse(
+            plan=[
+                host_pb2.EvacuationStep(
+                    vm_id=s.vm_id,
+                    vm_name=s.vm_name,
+                    action=s.action,
+                    target_host=s.target_host,
+                    reason=s.reason,
+                )
+                for s in plan.steps
+            ]
+        )
+        if op is not None:
+            resp.operation.CopyFrom(convert.operation(op))
+        return resp
 
     def ExitMaintenance(
         self, request: host_pb2.ExitMaintenanceRequest, context: Ctx
     ) -> host_pb2.ExitMaintenanceResponse:
-        raise Unimplemented("maintenance mode with evacuation is planned (issue 5)")
+        row, op = self.migrations.exit_maintenance(request.name, request.move_back)
+        resp = host_pb2.ExitMaintenanceResponse(host=self._host(row))
+        if op is not None:
+            resp.operation.CopyFrom(convert.operation(op))
+        return resp

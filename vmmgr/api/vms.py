@@ -8,12 +8,27 @@ import grpc
 
 from vmmgr.api import convert
 from vmmgr.api.errors import servicer
-from vmmgr.errors import InvalidArgument, Unimplemented
+from vmmgr.errors import InvalidArgument
+from vmmgr.migration import Step
+from vmmgr.ports import LiveOptions
 from vmmgr.services.groups import GroupService
+from vmmgr.services.migrations import MigrateRequest, MigrationService
 from vmmgr.services.vms import VMService
 from vmmgr.v1 import vm_pb2, vm_pb2_grpc
 
 Ctx: TypeAlias = grpc.ServicerContext
+
+
+_MODES = {
+    vm_pb2.MIGRATION_MODE_UNSPECIFIED: "live",
+    vm_pb2.MIGRATION_MODE_LIVE: "live",
+    vm_pb2.MIGRATION_MODE_COLD: "cold",
+}
+_MODE_PB = {
+    "live": vm_pb2.MIGRATION_MODE_LIVE,
+    "cold": vm_pb2.MIGRATION_MODE_COLD,
+    "blocked": vm_pb2.MIGRATION_MODE_BLOCKED,
+}
 
 
 def parse_selectors(selectors: list[str]) -> dict[str, str]:
@@ -28,9 +43,10 @@ def parse_selectors(selectors: list[str]) -> dict[str, str]:
 
 @servicer
 class VMServicer(vm_pb2_grpc.VMServiceServicer):
-    def __init__(self, vms: VMService, groups: GroupService) -> None:
+    def __init__(self, vms: VMService, groups: GroupService, migrations: MigrationService) -> None:
         self.vms = vms
         self.groups = groups
+        self.migrations = migrations
 
     def _vm(self, row: object) -> vm_pb2.VM:
         from vmmgr.state.models import VM
@@ -95,12 +111,31 @@ class VMServicer(vm_pb2_grpc.VMServiceServicer):
         return convert.explanation(self.vms.explain(convert.vm_create_from_proto(request.spec)))
 
     def MigrateVM(self, request: vm_pb2.MigrateVMRequest, context: Ctx) -> vm_pb2.MigrateVMResponse:
-        raise Unimplemented("live and cold migration through the API is planned (issue 5)")
+        mode = _MODES.get(request.mode)
+        if mode is None:
+            raise InvalidArgument("mode", "must be LIVE or COLD")
+        schedule = tuple(
+            Step(after_s=s.after_seconds, max_downtime_ms=s.max_downtime_ms, action=s.action)  # type: ignore[arg-type]
+            for s in request.schedule
+        )
+        options = LiveOptions(
+            max_downtime_ms=request.max_downtime_ms,
+            bandwidth_mib_s=request.bandwidth_mib_s,
+            auto_converge=request.auto_converge,
+            allow_postcopy=request.allow_post_copy,
+            copy_storage=request.copy_storage,
+            schedule=schedule,
+        )
+        op = self.migrations.migrate(
+            request.vm, request.project, MigrateRequest(mode, request.target_host, options)
+        )
+        return vm_pb2.MigrateVMResponse(operation=convert.operation(op))
 
     def GetMigratability(
         self, request: vm_pb2.GetMigratabilityRequest, context: Ctx
     ) -> vm_pb2.GetMigratabilityResponse:
-        raise Unimplemented("the migratability matrix through the API is planned (issue 5)")
+        verdict = self.migrations.migratability(request.vm, request.project)
+        return vm_pb2.GetMigratabilityResponse(mode=_MODE_PB[verdict.mode], reason=verdict.reason)
 
     def CreatePlacementGroup(
         self, request: vm_pb2.CreatePlacementGroupRequest, context: Ctx

@@ -115,7 +115,13 @@ class ImageService:
                 with self.store.session() as s:  # deleted behind our back: import again
                     image_repo.delete_replica(s, name, host, pool)
             conn.ensure_pool(pool, self.config.image_pool_path)
-            vol = conn.import_volume(pool, volume_name, image.source)
+            vol = conn.get_volume(pool, volume_name)
+            if vol is not None and vol.capacity_bytes < image.virtual_size_bytes:
+                raise FailedPrecondition(
+                    f"host {host} already has a volume {pool}/{volume_name} that is not image "
+                    f"{name} (smaller than its virtual size); remove it first")
+            if vol is None:  # a pool on storage shared with another host may hold it already
+                vol = conn.import_volume(pool, volume_name, image.source)
             try:
                 with self.store.session() as s:
                     image_repo.add_replica(

@@ -19,6 +19,7 @@ has an undo; the source is untouched until the target runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -282,7 +283,10 @@ class LiveMigration:
                         self.dom.migrateStartPostCopy(0)
                         actions.append(f"{elapsed:.1f}s {act.reason}")
                     except libvirt.libvirtError as e:  # e.g. finished just before
+                        # still pre-copy: cancel and later steps keep working
+                        state = dataclasses.replace(state, postcopy_started=False)
                         log.warning("%s: post-copy switch failed: %s", self.name, e)
+                        actions.append(f"{elapsed:.1f}s post-copy switch failed: {e}")
                 elif act.kind == "abort":
                     stopped_by = act.reason
                     self._abort_job()
@@ -301,10 +305,15 @@ class LiveMigration:
         where = self._rollback(state)
         if stopped_by == "cancel":
             self._emit("cancelled", None, total_ms / 1000, state)
-            raise Cancelled(f"migration of {self.name} cancelled; {where}")
+            raise Cancelled(
+                f"migration of {self.name} cancelled; {where}", details={"rollback": where}
+            )
         if stopped_by:
             self._emit("aborted", None, total_ms / 1000, state)
-            raise Aborted(f"migration of {self.name} aborted ({stopped_by}); {where}")
+            raise Aborted(
+                f"migration of {self.name} aborted ({stopped_by}); {where}",
+                details={"rollback": where},
+            )
         self._emit("failed", None, total_ms / 1000, state, message=str(err))
         mapped = _map_libvirt_error(err, f"migration of {self.name} to {self.dest_uri} failed")
         mapped.message += f"; {where}"
@@ -514,9 +523,13 @@ def _with_disk_paths(xml: str, new_paths: dict[str, str]) -> str:
     return etree.tostring(root, encoding="unicode")
 
 
-def _vol_xml(name: str, fmt: str) -> str:
-    """An empty volume of format ``fmt``; the upload stream fills it."""
-    return to_string(StorageVolume(name=name, capacity_bytes=0, format=fmt).build())
+def _vol_xml(name: str) -> str:
+    """An empty file for the upload stream to fill byte for byte.
+
+    Created raw and empty on purpose: a pre-formatted qcow2 could be longer than the copy and
+    leave stale bytes behind it. The pool re-reads the real format on refresh.
+    """
+    return to_string(StorageVolume(name=name, capacity_bytes=0, format="raw").build())
 
 
 def _volume(vol: libvirt.virStorageVol) -> StorageVolume:
@@ -637,7 +650,7 @@ def cold_migrate(
             p.refresh(0)
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     disks = _file_disks(xml)
-    plan: list[tuple[Disk, libvirt.virStorageVol, str]] = []
+    plan: list[tuple[Disk, libvirt.virStorageVol]] = []
     pool = None
     if copy_storage:
         if not dest_pool:
@@ -668,7 +681,7 @@ def cold_migrate(
                     raise FailedPrecondition(
                         f"disk {d.source_file}: backing image {backing} is not on the destination"
                     ) from e
-            plan.append((d, vol, info.format))
+            plan.append((d, vol))
     else:
         for d in disks:
             try:
@@ -690,13 +703,13 @@ def cold_migrate(
         if was_running:
             undo.push(dom.create, "restart the VM on the source")
         physical = libvirt.VIR_STORAGE_VOL_GET_PHYSICAL
-        total = sum(vol.infoFlags(physical)[2] for _, vol, _ in plan) or 1
+        total = sum(vol.infoFlags(physical)[2] for _, vol in plan) or 1
         done = 0
         new_paths: dict[str, str] = {}
-        for d, vol, fmt in plan:
+        for d, vol in plan:
             check_cancel()
             assert pool is not None
-            dst = pool.createXML(_vol_xml(vol.name(), fmt), 0)
+            dst = pool.createXML(_vol_xml(vol.name()), 0)
             undo.push(functools.partial(dst.delete, 0), f"delete {dst.path()} on the target")
             base = done
 
@@ -705,6 +718,9 @@ def cold_migrate(
 
             done += copy_volume(vol, dst, cancel=cancel, on_bytes=on_bytes)
             new_paths[d.source_file] = dst.path()
+        if plan:
+            assert pool is not None
+            pool.refresh(0)
         check_cancel()
         new_dom = dest_conn.defineXML(_with_disk_paths(xml, new_paths))
         undo.push(new_dom.undefine, "undefine the VM on the target")
@@ -729,7 +745,7 @@ def cold_migrate(
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
     except libvirt.libvirtError as e:
         leftovers.append(f"source definition ({e})")
-    for _, vol, _ in plan:
+    for _, vol in plan:
         try:
             vol.delete(0)
         except libvirt.libvirtError as e:

@@ -131,6 +131,8 @@ from vmmgr.state.repo.volumes import (
     delete_volume,
     get_volume,
     list_volumes,
+    move_volumes,
+    set_volume_path,
 )
 
 __all__ = [
@@ -215,6 +217,8 @@ __all__ = [
     "list_tokens",
     "list_vms",
     "list_volumes",
+    "move_volumes",
+    "set_volume_path",
     "mark_host_down",
     "project_usage",
     "prune_device_samples",

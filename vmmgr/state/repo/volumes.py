@@ -51,3 +51,12 @@ def set_volume_path(session: Session, vm_id: str, name: str, path: str) -> Volum
     row.path = path
     session.flush()
     return row
+
+
+def move_volumes(session: Session, vm_id: str, host: str) -> int:
+    """After a migration the VM's volumes are the target's (copied, or on shared storage)."""
+    rows = list(session.exec(select(Volume).where(Volume.vm_id == vm_id)))
+    for row in rows:
+        row.host = host
+    session.flush()
+    return len(rows)
