@@ -120,7 +120,8 @@ class ImageService:
                 raise FailedPrecondition(
                     f"host {host} already has a volume {pool}/{volume_name} that is not image "
                     f"{name} (smaller than its virtual size); remove it first")
-            if vol is None:  # a pool on storage shared with another host may hold it already
+            created = vol is None  # a pool on storage shared with another host may hold it
+            if vol is None:
                 vol = conn.import_volume(pool, volume_name, image.source)
             try:
                 with self.store.session() as s:
@@ -128,7 +129,8 @@ class ImageService:
                         s, ImageReplica(image=name, host=host, pool=pool, path=vol.path)
                     )
             except Exception:
-                conn.delete_volume(pool, volume_name)
+                if created:
+                    conn.delete_volume(pool, volume_name)
                 raise
             return vol
 
