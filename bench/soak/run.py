@@ -8,6 +8,7 @@ for a bounded time. Bounds: 0 errors; daemon RSS at the end within 10% of RSS af
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import socket
 import subprocess
@@ -186,6 +187,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--warmup", type=float, default=20.0)
     ap.add_argument("--duration", type=float, default=120.0)
+    ap.add_argument("--malloc-arena-max", type=int, default=2,
+                    help="MALLOC_ARENA_MAX for the daemon, as packaging/vmmgrd.service sets it "
+                         "(0 = glibc's default of 8 per core)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vmmgr-soak-"))
@@ -195,13 +199,16 @@ def main() -> int:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
     port, metrics_port = free_port(), free_port()
     token_file = tmp / "admin.token"
+    env = dict(os.environ)
+    if args.malloc_arena_max:
+        env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
     daemon = subprocess.Popen([
         sys.executable, "-m", "vmmgr.daemon", "--listen", f"127.0.0.1:{port}",
         "--state-dir", str(tmp / "state"), "--image-pool-path", str(tmp / "images"),
         "--vm-pool-path", str(tmp / "vms"), "--resync-interval-s", "3600",
         "--log-level", "WARNING", "--auth", "on", "--admin-token-file", str(token_file),
         "--metrics-listen", f"127.0.0.1:{metrics_port}", "--rpc-workers", "32",
-    ])
+    ], env=env)
     try:
         endpoint = f"127.0.0.1:{port}"
         for _ in range(300):
@@ -262,7 +269,8 @@ def main() -> int:
 
     growth = (rss_end - rss_warm) / rss_warm
     print(f"soak: {args.clients} clients, {elapsed:.0f} s ({args.warmup:.0f} s warm-up + "
-          f"{args.duration:.0f} s measured), tokens required, test driver")
+          f"{args.duration:.0f} s measured), tokens required, test driver, "
+          f"MALLOC_ARENA_MAX={args.malloc_arena_max or 'default'}")
     print(f"  calls: {stats.reads} reads, {stats.writes} writes "
           f"({(calls_end - calls_warm) / args.duration:.0f} calls/s after warm-up)")
     print(f"  read latency  p50 {pct(stats.read_s, 0.5):7.1f} ms  "

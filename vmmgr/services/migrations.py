@@ -160,7 +160,7 @@ class MigrationService:
                 },
             )
             op = self.ops.record(s, "vm.migrate", vm.id, message=f"to {target}")
-        return self.ops.start(op, lambda ctx: self._run(ctx, vm, target, req, (0.0, 100.0)))
+        return self.ops.start(op, lambda ctx: self.run_move(ctx, vm, target, req, (0.0, 100.0)))
 
     def _target(self, snap: ClusterSnapshot, vm: VM, wanted: str) -> str:
         source = next(h for h in snap.hosts if h.name == vm.host)
@@ -181,7 +181,7 @@ class MigrationService:
             )
         return placement.host
 
-    def _run(
+    def run_move(
         self,
         ctx: OperationContext,
         vm: VM,
@@ -331,7 +331,7 @@ class MigrationService:
                             "state_reason": f"evacuating {plan.host}",
                         },
                     )
-                self._run(ctx, vm, step.target_host, MigrateRequest(step.action), span)
+                self.run_move(ctx, vm, step.target_host, MigrateRequest(step.action), span)
                 moved.append(f"{vm.id}:{step.target_host}")
             elif step.action == "stop" and vm.state == VMState.RUNNING.value:
                 ctx.progress(span[0], f"stopping {vm.name}")
@@ -377,7 +377,7 @@ class MigrationService:
                     s, vm.id, {"state": VMState.MIGRATING.value, "state_reason": f"back to {host}"}
                 )
             span = (100 * i / len(vm_ids), 100 * (i + 1) / len(vm_ids))
-            self._run(ctx, vm, host, MigrateRequest("live"), span)
+            self.run_move(ctx, vm, host, MigrateRequest("live"), span)
             moved.append(vm.id)
         return {"host": host, "moved": ",".join(moved)}
 

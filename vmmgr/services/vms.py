@@ -494,6 +494,53 @@ class VMService:
         self.events.publish("vm.deleted", vm_id, f"vm {vm.name} deleted", name=vm.name)
         return {"vm_id": vm_id}
 
+    # ------------------------------------------------------------------ HA restart
+
+    def restart_on(self, vm_id: str, target: str) -> VM:
+        """Start a VM whose host failed (and was fenced) on ``target``, from the same disks.
+
+        Its volumes must be on storage the target sees at the same paths (a shared pool); the
+        lock manager (virtlockd / sanlock leases) refuses a second start while the old qemu
+        still holds the disk, so a wrong fencing decision cannot run it twice.
+        """
+        with self.store.read_session() as s:
+            vm = vm_repo.get_vm(s, vm_id)
+        if self.accel.claims(vm_id):
+            raise FailedPrecondition(f"vm {vm.name} holds host devices: no restart elsewhere")
+        req = VmCreate.from_json(vm.spec)
+        vols = self.volumes(vm_id)
+        disks = tuple(
+            DiskSpec(path=v.path, target=f"vd{chr(ord('a') + i)}", bus=req.disks[i].bus)
+            for i, v in enumerate(x for x in vols if x.kind == VolumeKind.OVERLAY.value)
+        )
+        disks += tuple(
+            DiskSpec(
+                path=v.path, target="sda", bus="sata", device="cdrom", format="raw", readonly=True
+            )
+            for v in vols
+            if v.kind == VolumeKind.SEED.value
+        )
+        conn = self.conns.get(target)
+        with UndoStack(f"restart {vm.name} on {target}") as undo:
+            conn.define(self.domain_spec(vm, req, disks, self._domain_type(target, req)))
+            undo.push(lambda: conn.undefine(vm_id), "undefine domain")
+            conn.start(vm_id)
+        with self.store.session() as s:
+            repo.move_volumes(s, vm_id, target)
+            vm = vm_repo.update_vm(
+                s,
+                vm_id,
+                {
+                    "host": target,
+                    "state": VMState.RUNNING.value,
+                    "state_reason": f"restarted after {vm.host} failed",
+                },
+            )
+        self.events.publish(
+            "vm.restarted", vm_id, f"vm {vm.name} restarted on {target}", host=target
+        )
+        return vm
+
     # ------------------------------------------------------------------ lifecycle
 
     def _conn_for(self, vm: VM) -> HostConnection:
