@@ -48,6 +48,9 @@ class Config:
     migrations_per_cluster: int = 8
     allow_vgpu_live_migration: bool = False
     migration_unsafe: bool = False  # shared disks on a local filesystem (lab only)
+    # policies: argv templates with {host} and {address}, run per argument (never a shell)
+    fence_command: list[str] = field(default_factory=list)  # e.g. fence_ipmilan -a {address}
+    power_command: list[str] = field(default_factory=list)  # powers a consolidated host off
     # FPGA program steps, from the TOML file only, e.g.
     #   [fpga_profiles.u250-xdma]
     #   bitstream = "/lib/firmware/x.xclbin"

@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -21,6 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from policies.wiring import Policies, build_policies
 from vmmgr import config as config_mod
 from vmmgr.api import security
 from vmmgr.api.admin import AdminServicer
@@ -30,6 +31,7 @@ from vmmgr.api.hosts import HostServicer
 from vmmgr.api.images import ImageServicer
 from vmmgr.api.operations import EventServicer, OperationServicer
 from vmmgr.api.planned import planned
+from vmmgr.api.policies import PolicyServicer
 from vmmgr.api.vms import VMServicer
 from vmmgr.config import Config
 from vmmgr.devices.ports import DeviceAgent
@@ -101,11 +103,14 @@ class Core:
     vms: VMService
     devices: DeviceService
     migrations: MigrationService
+    policies: Policies
     jobs: BackgroundScheduler = field(default_factory=lambda: BackgroundScheduler(daemon=True))
     _seen_foreign: set[str] = field(default_factory=set)
 
     def start(self) -> None:
         """Recover from a previous run, connect hosts, reconcile, start periodic jobs."""
+        with self.store.session() as s:
+            repo.ensure_project(s, "default")
         self.hosts.load()
         self.vms.recover_interrupted(self.ops.interrupted())
         self.resync()
@@ -118,6 +123,7 @@ class Core:
             coalesce=True,
         )
         self.jobs.start()
+        self.policies.runtime.start()
 
     def resync(self) -> None:
         """Reconcile every host: reconnect, record facts, compare domains with the store."""
@@ -131,6 +137,7 @@ class Core:
                 log.warning("resync of %s failed: %s", name, exc)
 
     def stop(self) -> None:
+        self.policies.runtime.shutdown(wait=False)
         if self.jobs.running:
             self.jobs.shutdown(wait=False)
         self.events.close()
@@ -210,7 +217,37 @@ def build_core(
         migrator or _NoMigrator(),
         config,
     )
-    return Core(config, store, events, ops, conns, hosts, images, vms, devices, migrations)
+    policies = build_policies(
+        store,
+        ops,
+        vms,
+        migrations,
+        Scheduler(config.scheduler()),
+        agent_for,
+        fence=_hook(config.fence_command, store),
+        power_off=_hook(config.power_command, store),
+    )
+    return Core(
+        config, store, events, ops, conns, hosts, images, vms, devices, migrations, policies
+    )
+
+
+def _hook(argv: list[str], store: Store) -> Callable[[str], None] | None:
+    """A host hook (fence, power off) from an argv template; the side effect is drivers'."""
+    if not argv:
+        return None
+    from urllib.parse import urlsplit
+
+    from drivers.fence import FenceCommand, fence_host
+
+    command = FenceCommand(tuple(argv))
+
+    def run(host: str) -> None:
+        with store.read_session() as s:
+            address = urlsplit(repo.get_host(s, host).uri).hostname or host
+        fence_host(command, host=host, address=address)
+
+    return run
 
 
 def build_server(
@@ -241,7 +278,8 @@ def build_server(
     )
     device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(core.devices), server)
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-        planned(policy_pb2_grpc.PolicyServiceServicer, "periodic policies (issue 6)"), server
+        PolicyServicer(core.policies, core.store, core.ops, core.vms, GroupService(core.store)),
+        server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core.store), server)
     agent_pb2_grpc.add_HostAgentServiceServicer_to_server(

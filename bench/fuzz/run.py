@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from sqlmodel import select
@@ -23,6 +25,8 @@ from tests.libvirt.fuzz_messages import Fuzzer, RandomSource, Tally, Vocabulary
 from tests.libvirt.test_fuzz_api import prepared, setup_daemon
 from vmmgr.state.models import Operation
 from vmmgr.v1 import host_pb2
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Unhandled(logging.Handler):
@@ -85,8 +89,9 @@ def main() -> int:
     print("  daemon alive at the end: yes")
     for f in total.failures[:20]:
         print(f"FAILURE {f.method} {f.code}: {f.details}\n  request: {f.request[:400]}")
-    for op in bad_ops[:20]:
-        print(f"OPERATION {op.kind} {op.target}: {op.error_code} {op.error_message}")
+    kinds = Counter((op.kind, UUID_RE.sub("<id>", op.error_message)[:120]) for op in bad_ops)
+    for (kind, message), n in kinds.most_common(20):
+        print(f"OPERATION x{n} {kind}: INTERNAL {message}")
     for r in crashes.records[:20]:
         print(f"LOGGED {r}")
     return 0 if not total.failures and not bad_ops and not crashes.records else 1

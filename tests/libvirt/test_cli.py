@@ -55,8 +55,8 @@ def test_errors_are_readable_and_exit_non_zero(
     assert rc == 1 and err.startswith("vmmgr: NOT_FOUND:")
     rc, _, err = run(daemon, capsys, "vm", "create", "Bad_Name", "--image", "x")
     assert rc == 1 and "INVALID_ARGUMENT" in err and "spec.name" in err
-    rc, _, err = run(daemon, capsys, "policy", "list")
-    assert rc == 1 and "UNIMPLEMENTED" in err and "planned" in err
+    rc, _, err = run(daemon, capsys, "vm", "create", "ok", "--image", "nope")
+    assert rc == 1 and "NOT_FOUND" in err and "spec.disks[0].image" in err
 
 
 def test_unreachable_daemon(capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,7 +43,7 @@ def test_admin_commands(daemon: tuple[Daemon, str], capsys: pytest.CaptureFixtur
     rc, out, _ = run(capsys, *base, "project", "set-quota", "team", "--gpu", "H100-80GB=-")
     assert rc == 0 and "gpu:" not in out
     rc, out, _ = run(capsys, *base, "-o", "json", "project", "list")
-    assert [p["name"] for p in json.loads(out)] == ["team"]
+    assert [p["name"] for p in json.loads(out)] == ["default", "team"]  # default: at start
 
     rc, out, err = run(capsys, *base, "token", "create", "ci", "--project", "team",
                        "--role", "operator")

@@ -14,6 +14,7 @@ services clean up what unfinished operations left behind, then fail them (``inte
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -77,7 +78,9 @@ class Operations:
     def start(self, op: Operation, job: Job) -> Operation:
         with self._cond:
             self._starting.add(op.id)
-        self._pool.submit(self._run, op.id, op.kind, op.target, job)
+        # the caller's context (its request id, for logs) goes with the work
+        self._pool.submit(contextvars.copy_context().run, self._run, op.id, op.kind, op.target,
+                          job)
         return op
 
     def _run(self, op_id: str, kind: str, target: str, job: Job) -> None:

@@ -647,8 +647,8 @@ class VMService:
                     {"state": new, "state_reason": reason},
                     expected_generation=vm.generation,
                 )
-            except Aborted:
-                return  # changed meanwhile (an operation took it): its writer knows better
+            except (Aborted, NotFound):
+                return  # changed or deleted meanwhile: whoever did it knows better
         self.events.publish(
             "vm.state",
             vm.id,

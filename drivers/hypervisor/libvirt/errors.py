@@ -44,6 +44,10 @@ PRECONDITION_CODES = frozenset(
     {
         libvirt.VIR_ERR_OPERATION_INVALID,
         libvirt.VIR_ERR_RESOURCE_BUSY,
+        # this host (or driver) cannot do it: a fact about the target, not a vmmgr failure
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+        libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
     }
 )
 #: the connection is gone or cannot be used; reconnecting may help
