@@ -22,8 +22,11 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
             node = tmp_path / f"{name}.xml"
             node.write_text(TEST_NODE_XML)
             d.hosts.RegisterHost(host_pb2.RegisterHostRequest(name=name, uri=f"test://{node}"))
-        op = d.images.ImportImage(image_pb2.ImportImageRequest(
-            name="base", source_path=str(make_qcow2(tmp_path / "b.qcow2")))).operation
+        op = d.images.ImportImage(
+            image_pb2.ImportImageRequest(
+                name="base", source_path=str(make_qcow2(tmp_path / "b.qcow2"))
+            )
+        ).operation
         assert d.wait(op).state == SUCCEEDED
         yield d
 
@@ -36,10 +39,13 @@ def test_list_update_plan_and_run(daemon: Daemon) -> None:
     p = stub(daemon)
     names = [x.name for x in p.ListPolicies(policy_pb2.ListPoliciesRequest()).policies]
     assert names == ["balance", "power", "recover", "scale"]
-    assert all(not x.enabled and x.leader for x in
-               p.ListPolicies(policy_pb2.ListPoliciesRequest()).policies)
-    got = p.UpdatePolicy(policy_pb2.UpdatePolicyRequest(name="balance", enabled=True,
-                                                        interval_seconds=30)).policy
+    assert all(
+        not x.enabled and x.leader
+        for x in p.ListPolicies(policy_pb2.ListPoliciesRequest()).policies
+    )
+    got = p.UpdatePolicy(
+        policy_pb2.UpdatePolicyRequest(name="balance", enabled=True, interval_seconds=30)
+    ).policy
     assert (got.enabled, got.interval_seconds) == (True, 30)
     assert daemon.core.policies.runtime.settings("balance").interval_s == 30
     for name in ("balance", "power", "recover", "scale"):
@@ -57,23 +63,48 @@ def test_list_update_plan_and_run(daemon: Daemon) -> None:
 
 
 def test_scale_group_grows_to_its_minimum(daemon: Daemon) -> None:
-    op = daemon.wait(daemon.vms.CreateVM(vm_pb2.CreateVMRequest(spec=vm_pb2.VMSpec(
-        name="web-template", vcpus=1, memory_mib=256, start=False,
-        disks=[vm_pb2.DiskSpec(image="base")]))).operation)
+    op = daemon.wait(
+        daemon.vms.CreateVM(
+            vm_pb2.CreateVMRequest(
+                spec=vm_pb2.VMSpec(
+                    name="web-template",
+                    vcpus=1,
+                    memory_mib=256,
+                    start=False,
+                    disks=[vm_pb2.DiskSpec(image="base")],
+                )
+            )
+        ).operation
+    )
     assert op.state == SUCCEEDED
     p = stub(daemon)
-    g = p.CreateScaleGroup(policy_pb2.CreateScaleGroupRequest(group=policy_pb2.ScaleGroup(
-        name="web", template_vm_name="web-template", min_size=2, max_size=4))).group
+    g = p.CreateScaleGroup(
+        policy_pb2.CreateScaleGroupRequest(
+            group=policy_pb2.ScaleGroup(
+                name="web", template_vm_name="web-template", min_size=2, max_size=4
+            )
+        )
+    ).group
     assert (g.min_size, g.max_size, list(g.members)) == (2, 4, [])
     done = daemon.wait(p.RunPolicy(policy_pb2.RunPolicyRequest(name="scale")).operation)
     assert done.state == SUCCEEDED, done.error
     members = p.GetScaleGroup(policy_pb2.GetScaleGroupRequest(name="web")).group.members
     assert len(members) == 2
     with pytest.raises(grpc.RpcError) as err:
-        p.CreateScaleGroup(policy_pb2.CreateScaleGroupRequest(group=policy_pb2.ScaleGroup(
-            name="bad", template_vm_name="web-template", min_size=3, max_size=1)))
+        p.CreateScaleGroup(
+            policy_pb2.CreateScaleGroupRequest(
+                group=policy_pb2.ScaleGroup(
+                    name="bad", template_vm_name="web-template", min_size=3, max_size=1
+                )
+            )
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as err:
-        p.CreateScaleGroup(policy_pb2.CreateScaleGroupRequest(group=policy_pb2.ScaleGroup(
-            name="nope", template_vm_name="ghost", min_size=1, max_size=2)))
+        p.CreateScaleGroup(
+            policy_pb2.CreateScaleGroupRequest(
+                group=policy_pb2.ScaleGroup(
+                    name="nope", template_vm_name="ghost", min_size=1, max_size=2
+                )
+            )
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
