@@ -11,11 +11,18 @@ from drivers.devices.inventory import node_device_xml, scan_inventory
 from drivers.devices.mdev import LibvirtMdevBackend, MdevManager
 from tests.fixtures.gpu_host import GPU_HOST_XML
 from tests.fixtures.sysfs import EXISTING_MDEV, gpu_host_sysfs
-from vmmgr.devices.claims import DeviceRequest, choose_devices
 from vmmgr.devices.model import MdevInstance
 from vmmgr.devices.snapshot import inventory_to_snapshot
 from vmmgr.errors import DriverError, NotFound, Unavailable
-from vmmgr.snapshot import DeviceKind, GpuRequest, HostSnap, HostState
+from vmmgr.scheduler import Scheduler
+from vmmgr.snapshot import (
+    ClusterSnapshot,
+    DeviceKind,
+    GpuRequest,
+    HostSnap,
+    HostState,
+    PlacementRequest,
+)
 
 pytestmark = pytest.mark.libvirt
 
@@ -86,15 +93,19 @@ def test_scan_through_the_hypervisor_driver_connection() -> None:
     assert len(inv.accelerators) == 10
 
 
-def test_snapshot_and_claims_from_a_scanned_host(tmp_path: Path) -> None:
+def test_scheduler_places_devices_of_a_scanned_host(tmp_path: Path) -> None:
     inv = scan_inventory(URI, host="gpu1", sysfs_root=gpu_host_sysfs(tmp_path).root)
     host = HostSnap("gpu1", HostState.UP, 32, 256 * 1024, devices=inventory_to_snapshot(inv))
-    claims = choose_devices(
-        host, DeviceRequest(gpus=(GpuRequest("10de:2330"),), vgpu_type="nvidia-700"), vm_id="vm1"
+    snap = ClusterSnapshot(hosts=(host,))
+    whole = Scheduler().place(
+        snap,
+        PlacementRequest(vm_id="vm1", vcpus=1, memory_mib=1024, gpus=(GpuRequest("10de:2330"),)),
     )
-    assert [c.address for c in claims.passthrough] == ["0000:3b:00.0"]
-    assert claims.passthrough[0].original_driver == "nvidia"
-    assert [v.parent_address for v in claims.vgpus] == ["0000:5e:00.0"]
+    assert [(c.device_id, c.kind) for c in whole.devices] == [("gpu1/0000:3b:00.0", "gpu")]
+    vgpu = Scheduler().place(
+        snap, PlacementRequest(vm_id="vm2", vcpus=1, memory_mib=1024, vgpu_type="nvidia-700")
+    )
+    assert [(c.device_id, c.profile) for c in vgpu.devices] == [("gpu1/0000:5e:00.0", "nvidia-700")]
     assert {d.kind for d in host.devices} == {DeviceKind.GPU, DeviceKind.FPGA, DeviceKind.OTHER}
 
 
