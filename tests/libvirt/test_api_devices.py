@@ -345,3 +345,26 @@ def test_node_device_events_coalesce_into_one_rescan(daemon: Daemon) -> None:
         time.sleep(0.05)
     time.sleep(0.3)
     assert calls == ["gpu1"]
+
+
+def test_a_group_shared_with_a_claimed_device_is_refused_naming_it(daemon: Daemon) -> None:
+    op = create(daemon, "l4-a", gpus=[vm_pb2.GpuRequest(model="L4")])
+    assert op.state == SUCCEEDED, op.error
+    # the two L4s share IOMMU group 70: the first VM got both, nothing is left for a second
+    assert [c for c in claims(daemon) if "0000:8" in c[0]] == [
+        ("gpu1/0000:86:00.0", "pci"),
+        ("gpu1/0000:87:00.0", "pci"),
+    ]
+    got, details = code_of(
+        daemon.vms.CreateVM,
+        vm_pb2.CreateVMRequest(
+            spec=vm_pb2.VMSpec(
+                name="l4-b",
+                vcpus=1,
+                memory_mib=256,
+                disks=[vm_pb2.DiskSpec(image="base")],
+                gpus=[vm_pb2.GpuRequest(model="L4")],
+            )
+        ),
+    )
+    assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and "gpu" in details

@@ -119,7 +119,8 @@ class ImageService:
             if vol is not None and vol.capacity_bytes < image.virtual_size_bytes:
                 raise FailedPrecondition(
                     f"host {host} already has a volume {pool}/{volume_name} that is not image "
-                    f"{name} (smaller than its virtual size); remove it first")
+                    f"{name} (smaller than its virtual size); remove it first"
+                )
             created = vol is None  # a pool on storage shared with another host may hold it
             if vol is None:
                 vol = conn.import_volume(pool, volume_name, image.source)

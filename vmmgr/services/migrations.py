@@ -13,7 +13,6 @@ from vmmgr.errors import (
     Cancelled,
     FailedPrecondition,
     InvalidArgument,
-    NoHostFits,
     NotFound,
     ResourceExhausted,
 )
@@ -38,7 +37,7 @@ from vmmgr.scheduler import Scheduler
 from vmmgr.services.events import EventBus
 from vmmgr.services.hosts import HostService
 from vmmgr.services.operations import OperationContext, Operations
-from vmmgr.services.vms import BUSY, VMService
+from vmmgr.services.vms import BUSY, VMService, no_host_fits
 from vmmgr.snapshot import ClusterSnapshot, PlacementRequest
 from vmmgr.state import Store, repo
 from vmmgr.state.models import VM, ClaimKind, Host, Operation, OperationState, VMState
@@ -174,11 +173,7 @@ class MigrationService:
             request = replace(request, host=wanted)
         placement = self.scheduler.place(snap, request)
         if placement.host is None:
-            exp = placement.explanation
-            raise NoHostFits(
-                f"no target host fits vm {vm.name!r}",
-                {k: n for k, n in exp.rejections().items() if n},
-            )
+            raise no_host_fits(f"a target for vm {vm.name!r}", placement)
         return placement.host
 
     def run_move(

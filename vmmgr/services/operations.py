@@ -79,8 +79,7 @@ class Operations:
         with self._cond:
             self._starting.add(op.id)
         # the caller's context (its request id, for logs) goes with the work
-        self._pool.submit(contextvars.copy_context().run, self._run, op.id, op.kind, op.target,
-                          job)
+        self._pool.submit(contextvars.copy_context().run, self._run, op.id, op.kind, op.target, job)
         return op
 
     def _run(self, op_id: str, kind: str, target: str, job: Job) -> None:

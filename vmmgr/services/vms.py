@@ -86,6 +86,17 @@ class StopResult:
     forced: bool
 
 
+def no_host_fits(what: str, placement: Placement) -> NoHostFits:
+    """RESOURCE_EXHAUSTED saying how many hosts each filter rejected, and a few reasons why
+    (e.g. which claimed device shares a GPU's IOMMU group)."""
+    exp = placement.explanation
+    why = "; ".join(line for f in exp.filters if f.rejected for line in f.sample_lines()[:2])
+    return NoHostFits(
+        f"no host fits {what}: 0 of {exp.hosts_total} hosts passed" + (f" [{why}]" if why else ""),
+        {name: n for name, n in exp.rejections().items() if n},
+    )
+
+
 def is_uuid(value: str) -> bool:
     try:
         return str(uuid.UUID(value)) == value.lower()
@@ -227,11 +238,7 @@ class VMService:
             check_known(req, snap, self.accel.fpga_profiles)
             placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
             if placement.host is None:
-                exp = placement.explanation
-                raise NoHostFits(
-                    f"no host fits vm {req.name!r}: 0 of {exp.hosts_total} hosts passed",
-                    {name: n for name, n in exp.rejections().items() if n},
-                )
+                raise no_host_fits(f"vm {req.name!r}", placement)
             host = placement.host
             claims = claim_requests(placement, snap)
             numa = numa_node(placement, snap)
