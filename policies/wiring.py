@@ -12,7 +12,7 @@ from policies.adapters import scheduler_fits, scheduler_place_batch
 from policies.executor import HostHook, ServiceExecutor
 from policies.jobs import BalancePolicy, PowerPolicy, RecoverPolicy, ScalePolicy
 from policies.plan import Plan
-from policies.recover import HostObservation
+from policies.recover import DetectorConfig, FenceGuardConfig, HostObservation
 from policies.runtime import PlanOutcome, PolicyRuntime, PolicySettings
 from policies.scale import ScaleState, ScalingGroup
 from vmmgr.errors import VmmgrError
@@ -122,12 +122,16 @@ def build_policies(
     fence: HostHook | None = None,
     power_off: HostHook | None = None,
     defaults: Mapping[str, PolicySettings] | None = None,
+    detector: DetectorConfig | None = None,
+    guard: FenceGuardConfig | None = None,
 ) -> Policies:
     fits = scheduler_fits(scheduler)
     watch = HostWatch(vms, agent_for)
     policies = [
         BalancePolicy(fits=fits),
-        RecoverPolicy(watch.observe, scheduler_place_batch(scheduler)),
+        RecoverPolicy(
+            watch.observe, scheduler_place_batch(scheduler), detector=detector, guard=guard
+        ),
         StoreScalePolicy(store, vms),
         PowerPolicy(fits=fits),
     ]

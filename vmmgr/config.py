@@ -49,6 +49,11 @@ class Config:
     allow_vgpu_live_migration: bool = False
     migration_unsafe: bool = False  # shared disks on a local filesystem (lab only)
     # policies: argv templates with {host} and {address}, run per argument (never a shell)
+    recover_heartbeat_timeout_s: float = 15.0  # both channels silent this long: suspect
+    recover_grace_s: float = 30.0  # suspect this long: failed, fenced, HA VMs restarted
+    # fence-storm guard: at most this share of the hosts fenced per 15 minutes (0.34 of a
+    # 2-host cluster is 0: two hosts cannot tell a dead peer from a partition)
+    fence_max_share: float = 0.34
     fence_command: list[str] = field(default_factory=list)  # e.g. fence_ipmilan -a {address}
     power_command: list[str] = field(default_factory=list)  # powers a consolidated host off
     # FPGA program steps, from the TOML file only, e.g.

@@ -167,6 +167,9 @@ class Lab:
             netns.ip("link", "set", self.bridge, "up")
             for h in self.hosts:
                 self._create_netns(h)
+                # new hosts: no domains left defined by an earlier lab (a revived host in a
+                # running lab keeps them, like a rebooted machine)
+                shutil.rmtree(os.path.join(h.root, "etc", "qemu"), ignore_errors=True)
             self._write_state()
             for h in self.hosts:
                 self.start_host(h.index)
