@@ -31,6 +31,7 @@ from policies.score import Weights
 from vmmgr.snapshot import ClusterSnapshot, VMSnap
 
 _EPS = 1e-12
+_MIN_STEP = 1e-9  # a move must gain at least this much, even with min_gain 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,7 @@ def _greedy(search: Search, cfg: BalanceConfig, fits: FitsFn | None) -> list[Mov
     moves: list[Move] = []
     if search.n_up < 2:
         return moves
-    threshold = cfg.min_gain / search.n_up
+    threshold = max(cfg.min_gain / search.n_up, _MIN_STEP)
     while len(moves) < cfg.max_moves and search.score > cfg.stop_threshold:
         picked = _step(search, cfg, fits, threshold)
         if picked is None:

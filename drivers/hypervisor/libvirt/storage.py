@@ -236,4 +236,7 @@ def list_volumes(conn: libvirt.virConnect, pool_name: str) -> list[VolumeInfo]:
 def get_volume(conn: libvirt.virConnect, pool_name: str, name: str) -> VolumeInfo | None:
     pool = lookup_pool(conn, pool_name)
     vol = lookup_volume(pool, name)
+    if vol is None:  # another host may have written it into a shared directory: look again
+        _refresh(pool)
+        vol = lookup_volume(pool, name)
     return volume_info(pool_name, vol) if vol is not None else None
