@@ -4,6 +4,8 @@ PolicyConfig rows, else from the daemon config (all policies start disabled)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,7 +14,13 @@ from policies.adapters import scheduler_fits, scheduler_place_batch
 from policies.executor import HostHook, ServiceExecutor
 from policies.jobs import BalancePolicy, PowerPolicy, RecoverPolicy, ScalePolicy
 from policies.plan import Plan
-from policies.recover import DetectorConfig, FenceGuardConfig, HostObservation
+from policies.recover import (
+    CrashPolicy,
+    DetectorConfig,
+    FenceGuardConfig,
+    HostObservation,
+    on_crash,
+)
 from policies.runtime import PlanOutcome, PolicyRuntime, PolicySettings
 from policies.scale import ScaleState, ScalingGroup
 from vmmgr.errors import VmmgrError
@@ -24,7 +32,10 @@ from vmmgr.services.vms import VMService
 from vmmgr.snapshot import ClusterSnapshot
 from vmmgr.state import Store, repo
 from vmmgr.state.leader import leader_lease
+from vmmgr.state.models import VM
 from vmmgr.state.snapshot_builder import build_snapshot
+
+log = logging.getLogger(__name__)
 
 NAMES = ("balance", "recover", "scale", "power")
 
@@ -124,6 +135,7 @@ def build_policies(
     defaults: Mapping[str, PolicySettings] | None = None,
     detector: DetectorConfig | None = None,
     guard: FenceGuardConfig | None = None,
+    crash: CrashPolicy | None = None,
 ) -> Policies:
     fits = scheduler_fits(scheduler)
     watch = HostWatch(vms, agent_for)
@@ -146,7 +158,38 @@ def build_policies(
         with store.read_session() as s:
             return build_snapshot(s)
 
+    vms.on_crash.append(CrashRestarter(vms, crash))
     lease = leader_lease(store)
     executor = ServiceExecutor(store, ops, vms, migrations, fence=fence, power_off=power_off)
     runtime = PolicyRuntime(policies, snapshot, executor, lease, settings)  # type: ignore[arg-type]
     return Policies(runtime, lease)
+
+
+class CrashRestarter:
+    """VM-level crash restart: an HA VM that crashed (or whose qemu died) is started again on
+    its host after an exponential backoff, until it crash-loops (policies.recover.on_crash)."""
+
+    def __init__(self, vms: VMService, policy: CrashPolicy | None = None) -> None:
+        self.vms = vms
+        self.policy = policy or CrashPolicy()
+        self.history: dict[str, tuple[float, ...]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, vm: VM) -> None:
+        if not vm.ha or vm.desired_power != "running":
+            return
+        with self._lock:
+            decision = on_crash(self.history.get(vm.id, ()), time.time(), self.policy)
+            self.history[vm.id] = decision.history
+        log.warning("vm %s crashed: %s", vm.name, decision.reason)
+        if decision.restart:
+            timer = threading.Timer(decision.delay_s, self._restart, (vm.id,))
+            timer.daemon = True
+            timer.start()
+
+    def _restart(self, vm_id: str) -> None:
+        try:
+            self.vms.start(vm_id)
+            self.vms.events.publish("vm.restarted", vm_id, "restarted after a crash")
+        except VmmgrError as exc:
+            log.error("restart of crashed vm %s failed: %s", vm_id, exc)

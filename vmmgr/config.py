@@ -54,6 +54,7 @@ class Config:
     # fence-storm guard: at most this share of the hosts fenced per 15 minutes (0.34 of a
     # 2-host cluster is 0: two hosts cannot tell a dead peer from a partition)
     fence_max_share: float = 0.34
+    crash_backoff_s: float = 5.0  # first restart of a crashed HA VM; doubles, max 3 in 10 min
     fence_command: list[str] = field(default_factory=list)  # e.g. fence_ipmilan -a {address}
     power_command: list[str] = field(default_factory=list)  # powers a consolidated host off
     # FPGA program steps, from the TOML file only, e.g.

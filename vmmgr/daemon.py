@@ -21,7 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from policies.recover import DetectorConfig, FenceGuardConfig
+from policies.recover import CrashPolicy, DetectorConfig, FenceGuardConfig
 from policies.wiring import Policies, build_policies
 from vmmgr import config as config_mod
 from vmmgr.api import security
@@ -229,6 +229,7 @@ def build_core(
         power_off=_hook(config.power_command, store),
         detector=DetectorConfig(config.recover_heartbeat_timeout_s, config.recover_grace_s),
         guard=FenceGuardConfig(max_share=config.fence_max_share),
+        crash=CrashPolicy(backoff_base_s=config.crash_backoff_s),
     )
     return Core(
         config, store, events, ops, conns, hosts, images, vms, devices, migrations, policies

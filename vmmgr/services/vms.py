@@ -76,6 +76,8 @@ OBSERVED = {
     DomainState.SUSPENDED_TO_DISK: VMState.PAUSED,
     DomainState.UNKNOWN: VMState.UNKNOWN,
 }
+# libvirt event details that mean the guest or its qemu died on its own
+CRASH_DETAILS = frozenset({"crashed", "failed", "panicked"})
 # While an operation owns the VM, libvirt events do not overwrite its state.
 BUSY = frozenset({VMState.CREATING.value, VMState.DELETING.value, VMState.MIGRATING.value})
 
@@ -127,6 +129,8 @@ class VMService:
         self.devices = devices
         self.accel = accelerators
         self._place_lock = threading.Lock()
+        # Called with a VM whose qemu died or whose guest crashed (the restart policy hooks in).
+        self.on_crash: list[Callable[[VM], None]] = []
         # Tests inject failures between create steps through this hook (step name -> None).
         self.step_hook: Callable[[str], None] = lambda step: None
 
@@ -656,6 +660,9 @@ class VMService:
                 )
             except (Aborted, NotFound):
                 return  # changed or deleted meanwhile: whoever did it knows better
+        if event.state == DomainState.CRASHED or event.detail in CRASH_DETAILS:
+            for hook in self.on_crash:
+                hook(vm)
         self.events.publish(
             "vm.state",
             vm.id,
