@@ -108,3 +108,31 @@ def test_scale_group_grows_to_its_minimum(daemon: Daemon) -> None:
             )
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_scale_group_cli(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmmgr.cli.main import main
+
+    daemon.wait(
+        daemon.vms.CreateVM(
+            vm_pb2.CreateVMRequest(
+                spec=vm_pb2.VMSpec(
+                    name="tmpl",
+                    vcpus=1,
+                    memory_mib=256,
+                    start=False,
+                    disks=[vm_pb2.DiskSpec(image="base")],
+                )
+            )
+        ).operation
+    )
+    base = ["--endpoint", daemon.address]
+    assert main([*base, "scale", "create", "api", "--template", "tmpl", "--max", "3"]) == 0
+    assert main([*base, "scale", "set", "api", "--max", "5"]) == 0
+    capsys.readouterr()
+    assert main([*base, "-o", "json", "scale", "get", "api"]) == 0
+    import json
+
+    got = json.loads(capsys.readouterr().out)
+    assert (got["max_size"], got["template_vm_name"]) == (5, "tmpl")
+    assert main([*base, "scale", "delete", "api"]) == 0

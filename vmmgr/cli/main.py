@@ -786,6 +786,71 @@ def policy_set(args: argparse.Namespace, c: Client) -> int:
     )
 
 
+SCALE_HEADERS = ["NAME", "TEMPLATE", "MIN", "MAX", "TARGET", "METRIC", "MEMBERS"]
+
+
+def _scale_row(g: policy_pb2.ScaleGroup) -> tuple[Any, ...]:
+    return (
+        g.name,
+        g.template_vm_name,
+        g.min_size,
+        g.max_size,
+        f"{g.target:g}",
+        g.metric,
+        len(g.members),
+    )
+
+
+def scale_create(args: argparse.Namespace, c: Client) -> int:
+    g = c.policies.CreateScaleGroup(
+        policy_pb2.CreateScaleGroupRequest(
+            group=policy_pb2.ScaleGroup(
+                name=args.name,
+                template_vm_name=args.template,
+                min_size=args.min,
+                max_size=args.max,
+                target=args.target,
+                metric=args.metric,
+                cooldown_seconds=args.cooldown,
+            )
+        ),
+        timeout=c.timeout,
+    ).group
+    return _show(args, g, SCALE_HEADERS, [_scale_row(g)])
+
+
+def scale_list(args: argparse.Namespace, c: Client) -> int:
+    gs = c.policies.ListScaleGroups(policy_pb2.ListScaleGroupsRequest(), timeout=c.timeout).groups
+    return _show(args, list(gs), SCALE_HEADERS, [_scale_row(g) for g in gs])
+
+
+def scale_get(args: argparse.Namespace, c: Client) -> int:
+    g = c.policies.GetScaleGroup(
+        policy_pb2.GetScaleGroupRequest(name=args.name), timeout=c.timeout
+    ).group
+    return _show(args, g, SCALE_HEADERS, [_scale_row(g)])
+
+
+def scale_set(args: argparse.Namespace, c: Client) -> int:
+    req = policy_pb2.UpdateScaleGroupRequest(name=args.name)
+    if args.min is not None:
+        req.min_size = args.min
+    if args.max is not None:
+        req.max_size = args.max
+    if args.target is not None:
+        req.target = args.target
+    g = c.policies.UpdateScaleGroup(req, timeout=c.timeout).group
+    return _show(args, g, SCALE_HEADERS, [_scale_row(g)])
+
+
+def scale_delete(args: argparse.Namespace, c: Client) -> int:
+    c.policies.DeleteScaleGroup(
+        policy_pb2.DeleteScaleGroupRequest(name=args.name), timeout=c.timeout
+    )
+    print(f"scaling group {args.name} deleted")
+    return 0
+
+
 # ---------------------------------------------------------------- plumbing
 
 
@@ -813,8 +878,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"host:port or a unix socket path (env VMMGR_ENDPOINT; default {DEFAULT_ENDPOINT})",
     )
     # client settings (vmmgr/cli/config.py): flags > env VMMGR_* > the config file
-    p.add_argument("--config", type=Path, help="client config file "
-                   "(default $VMMGR_CONFIG or ~/.config/vmmgr/config.toml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="client config file (default $VMMGR_CONFIG or ~/.config/vmmgr/config.toml)",
+    )
     p.add_argument("--token", help="bearer token (prefer env VMMGR_TOKEN or the config file)")
     p.add_argument("--ca", help="CA certificate of vmmgrd (turns TLS on)")
     p.add_argument("--cert", help="client certificate (mTLS)")
@@ -988,6 +1056,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_cmds.add_commands(top)  # token, project, audit, certs (issue 7)
 
+    scp = top.add_parser("scale", help="elastic scaling groups").add_subparsers(
+        dest="cmd", required=True
+    )
+    sp = cmd(scp, "create", scale_create, "a group of VMs shaped like a template VM")
+    sp.add_argument("name")
+    sp.add_argument("--template", required=True, help="VM whose spec new members copy")
+    sp.add_argument("--min", type=int, default=1)
+    sp.add_argument("--max", type=int, required=True)
+    sp.add_argument("--target", type=float, default=0.7, help="utilisation to aim for, 0..1")
+    sp.add_argument("--metric", choices=["cpu", "gpu"], default="cpu")
+    sp.add_argument("--cooldown", type=float, default=300.0, help="seconds")
+    cmd(scp, "list", scale_list, "list scaling groups")
+    cmd(scp, "get", scale_get, "show one scaling group").add_argument("name")
+    sp = cmd(scp, "set", scale_set, "change min, max or target")
+    sp.add_argument("name")
+    sp.add_argument("--min", type=int)
+    sp.add_argument("--max", type=int)
+    sp.add_argument("--target", type=float)
+    cmd(scp, "delete", scale_delete, "delete a scaling group").add_argument("name")
+
     sp = top.add_parser("completion", help="print a bash completion script")
     sp.add_argument("shell", choices=["bash"])
     sp.set_defaults(fn=_completion, completion=True)
@@ -999,9 +1087,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "completion", False) or getattr(args, "local", False):
         return int(args.fn(args, None))
     try:
-        settings = client_config.load(args.config, flags={
-            "endpoint": args.endpoint, "token": args.token, "ca": args.ca, "cert": args.cert,
-            "key": args.key, "server_name": args.server_name})
+        settings = client_config.load(
+            args.config,
+            flags={
+                "endpoint": args.endpoint,
+                "token": args.token,
+                "ca": args.ca,
+                "cert": args.cert,
+                "key": args.key,
+                "server_name": args.server_name,
+            },
+        )
         args.endpoint = settings.endpoint
         client = Client(settings.endpoint, args.timeout, settings)
     except client_config.ClientConfigError as exc:
