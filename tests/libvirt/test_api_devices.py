@@ -367,4 +367,4 @@ def test_a_group_shared_with_a_claimed_device_is_refused_naming_it(daemon: Daemo
             )
         ),
     )
-    assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and "gpu" in details
+    assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and "gpu1/0000:86:00.0 in use" in details

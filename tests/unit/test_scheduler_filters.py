@@ -164,8 +164,12 @@ VT = (
 
 def test_vgpu_active_type_blocks_other_types() -> None:
     s = snap(
-        host("a", devices=[gpu("a", 0, model="L40S", mdev_types=VT, active_mdev_type="nvidia-1",
-                               mdev_claims=1)])
+        host(
+            "a",
+            devices=[
+                gpu("a", 0, model="L40S", mdev_types=VT, active_mdev_type="nvidia-1", mdev_claims=1)
+            ],
+        )
     )
     assert Scheduler().place(s, req(vgpu_type="nvidia-1")).host == "a"
     p = Scheduler().place(s, req(vgpu_type="nvidia-2"), explain=True)
@@ -209,8 +213,9 @@ def test_mig_slices_instance_limits_and_mode() -> None:
     assert Scheduler().place(s2, req(mig_profile="1g.20gb")).host is None
     p2 = Scheduler().place(s2, req(mig_profile="3g.40gb"))
     assert p2.host == "a" and p2.devices[0].kind == "mig"
-    off = dataclasses.replace(full, mig=MigSnap(enabled=False, total_slices=7,
-                                                 profiles=full.mig.profiles))
+    off = dataclasses.replace(
+        full, mig=MigSnap(enabled=False, total_slices=7, profiles=full.mig.profiles)
+    )
     p3 = Scheduler().place(snap(host("a", devices=[off])), req(mig_profile="1g.10gb"))
     assert p3.host is None
 
@@ -323,16 +328,63 @@ def test_sriov_pf_and_its_vfs_block_each_other() -> None:
 
 def test_sriov_vgpu_siblings_share_one_type() -> None:
     pf = gpu("a", 0, model="A100")
-    vf1 = gpu("a", 1, model="A100", is_vf=True, pf=pf.id, mdev_types=VT,
-              active_mdev_type="nvidia-1", mdev_claims=1)
+    vf1 = gpu(
+        "a",
+        1,
+        model="A100",
+        is_vf=True,
+        pf=pf.id,
+        mdev_types=VT,
+        active_mdev_type="nvidia-1",
+        mdev_claims=1,
+    )
     vf2 = gpu("a", 2, model="A100", is_vf=True, pf=pf.id, mdev_types=VT)
     s = snap(host("a", devices=[pf, vf1, vf2]))
     assert Scheduler().place(s, req(vgpu_type="nvidia-2")).host is None
     p = Scheduler().place(s, req(vgpu_type="nvidia-1"))
     assert p.host == "a"
     batch = Scheduler().place_batch(
-        snap(host("a", devices=[pf, dataclasses.replace(vf1, active_mdev_type=None,
-                                                        mdev_claims=0), vf2])),
+        snap(
+            host(
+                "a",
+                devices=[pf, dataclasses.replace(vf1, active_mdev_type=None, mdev_claims=0), vf2],
+            )
+        ),
         [req("x", vgpu_type="nvidia-2"), req("y", vgpu_type="nvidia-1")],
     )
     assert batch[0].ok and not batch[1].ok  # the first claim fixes the type for both VFs
+
+
+def test_refusal_names_the_claimed_device_sharing_the_iommu_group() -> None:
+    from vmmgr.scheduler import Scheduler
+    from vmmgr.snapshot import (
+        ClusterSnapshot,
+        DeviceKind,
+        DeviceSnap,
+        GpuRequest,
+        HostSnap,
+        HostState,
+        PlacementRequest,
+    )
+
+    a = DeviceSnap(
+        "h/0000:86:00.0", "h", "0000:86:00.0", DeviceKind.GPU, 0x10DE, 0x27B8, "L4", iommu_group=70
+    )
+    b = DeviceSnap(
+        "h/0000:87:00.0",
+        "h",
+        "0000:87:00.0",
+        DeviceKind.GPU,
+        0x10DE,
+        0x27B8,
+        "L4",
+        iommu_group=70,
+        claimed_by="vm-x",
+    )
+    snap = ClusterSnapshot(hosts=(HostSnap("h", HostState.UP, 16, 65536, devices=(a, b)),))
+    p = Scheduler().place(snap, PlacementRequest("vm-y", 1, 1024, gpus=(GpuRequest("L4"),)))
+    assert p.host is None
+    (gpu,) = [f for f in p.explanation.filters if f.rejected]
+    reason = gpu.samples[0][1]
+    assert "h/0000:86:00.0 shares its IOMMU group with h/0000:87:00.0" in reason
+    assert "h/0000:87:00.0 in use" in reason

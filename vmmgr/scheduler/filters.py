@@ -220,8 +220,27 @@ class _DeviceFilter:
                     1 for i in matching if hd.devices[i].snap.health == DeviceHealth.TAINTED
                 )
                 extra = f", {tainted} tainted" if tainted else ""
+                blockers = self._blockers(hd, matching, need)
+                if blockers:
+                    extra += "; " + "; ".join(blockers)
                 return self._shortage(need, units, len(matching), extra)
         return None
+
+    def _blockers(self, hd: dv.HostDevices, matching: list[int], need: Need) -> list[str]:
+        """Name (a few of) the devices that keep matching ones from being used."""
+        out: list[str] = []
+        for i in matching:
+            if self._units(hd, i, need):
+                continue
+            d = hd.devices[i]
+            mates = [hd.devices[j].snap.id for j in hd.mates[i] if hd.devices[j].busy]
+            if d.busy:
+                out.append(f"{d.snap.id} in use")
+            elif mates:
+                out.append(f"{d.snap.id} shares its IOMMU group with {', '.join(mates)}")
+            if len(out) == 3:
+                break
+        return out
 
     def _matches(self, hd: dv.HostDevices, i: int, need: Need) -> bool:
         return hd.matching(i, need.keys, need.category)
