@@ -7,8 +7,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import libvirt
-
 from drivers.devices.agent_local import LocalDeviceAgent
 from drivers.devices.mdev import LibvirtMdevBackend
 from drivers.devices.nvml import NvmlDriver
@@ -40,7 +38,7 @@ def agent_factory(local_uris: frozenset[str] = LOCAL_URIS) -> Callable[[Host], D
                     host.name,
                     libvirt_source=host.uri,
                     nvml=nvml[0],
-                    mdev_backend=LibvirtMdevBackend(libvirt.open(host.uri)),
+                    mdev_backend=LibvirtMdevBackend(uri=host.uri),
                 )
             if agent is not None:
                 agents[key] = agent

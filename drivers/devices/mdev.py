@@ -96,8 +96,19 @@ class LibvirtMdevBackend:
 
     name = "libvirt"
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
+    def __init__(self, conn: Any | None = None, *, uri: str = "") -> None:
+        self._conn = conn
+        self._uri = uri
+
+    @property
+    def conn(self) -> Any:
+        """Opened on first use, so a daemon starts while libvirtd is still down."""
+        if self._conn is None:
+            try:
+                self._conn = libvirt.open(self._uri)
+            except libvirt.libvirtError as exc:
+                raise DriverError(f"connecting to {self._uri} for mdevs failed: {exc}") from exc
+        return self._conn
 
     def _find(self, uuid: str) -> Any | None:
         try:

@@ -230,6 +230,9 @@ def test_quotas_are_enforced_on_create_with_a_clear_message(sec: Secured) -> Non
     admin.UpdateProject(admin_pb2.UpdateProjectRequest(project=admin_pb2.Project(
         name="team", quota=admin_pb2.Quota(vcpus=3, memory_mib=1024, gpus={"H100": 0}))),
         metadata=sec.admin)
+    err = rpc_error(sec.d.vms.CreateVM, vm_pb2.CreateVMRequest(spec=spec(
+        "gpu", gpus=[vm_pb2.GpuRequest(model="H100")])), metadata=sec.operator)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "gpu:H100" in err.details()
     ok = sec.d.vms.CreateVM(vm_pb2.CreateVMRequest(spec=spec("two", vcpus=2)),
                             metadata=sec.operator)
     assert ok.operation.id  # 1 + 2 = 3 vCPUs: exactly at the quota
@@ -240,9 +243,6 @@ def test_quotas_are_enforced_on_create_with_a_clear_message(sec: Secured) -> Non
                              "requested > limit 3")
     trailing = dict(err.trailing_metadata())
     assert trailing["vmmgr-error-field"] == "spec.vcpus" and trailing["vmmgr-detail-limit"] == "3"
-    err = rpc_error(sec.d.vms.CreateVM, vm_pb2.CreateVMRequest(spec=spec(
-        "gpu", vcpus=0, gpus=[vm_pb2.GpuRequest(model="H100")])), metadata=sec.operator)
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "gpu:H100" in err.details()
     # another project is not limited by team's quota
     other = sec.d.vms.CreateVM(vm_pb2.CreateVMRequest(spec=spec("fine", vcpus=4)),
                                metadata=sec.other)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from state_fixtures import *  # noqa: F403  (the store fixtures)
@@ -207,6 +208,14 @@ def test_snapshot_sums_usage_devices_groups(store: Store) -> None:
     groups = {g.name: g for g in snap.groups}
     assert groups["db"].members == frozenset({a.id, d.id}) and groups["db"].hard
     assert groups["empty"].members == frozenset() and not groups["empty"].hard
+
+    # the placement view: the same hosts, usage, devices and groups; only group members as VMs
+    with store.read_session() as s:
+        view = build_snapshot(s, placement_only=True)
+    assert view.groups == snap.groups
+    assert [dataclasses.replace(h, vms=()) for h in snap.hosts] == list(view.hosts)
+    assert {v.id for v in view.vms} == {a.id, d.id}
+    assert [v for v in snap.vms if v.id in (a.id, d.id)] == list(view.vms)
 
 
 def test_snapshot_vm_without_claims_is_migratable(store: Store) -> None:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +23,6 @@ from vmmgr import logs
 from vmmgr.api.errors import _abort
 from vmmgr.auth import permissions as perm
 from vmmgr.auth.principal import Principal, authenticate
-from vmmgr.auth.quota import Demand, check_quota
 from vmmgr.auth.scope import scope_request, scope_response
 from vmmgr.errors import Internal, InvalidArgument, PermissionDenied, VmmgrError
 from vmmgr.metrics import Metrics
@@ -35,7 +32,6 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
 _CLIENT_RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_QUOTA_STRIPES = 64
 AUDIT_TEXT_LIMIT = 512
 _REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED")
 
@@ -71,8 +67,18 @@ def printable(text: str, limit: int = AUDIT_TEXT_LIMIT) -> str:
 
 def audit_target(request: Any) -> str:
     """What a request acts on, for the audit log: the first naming field that is set."""
-    for path in ("vm", "name", "id", "host", "device_id", "address", "spec.name",
-                 "group.name", "project.name", "target"):
+    for path in (
+        "vm",
+        "name",
+        "id",
+        "host",
+        "device_id",
+        "address",
+        "spec.name",
+        "group.name",
+        "project.name",
+        "target",
+    ):
         msg = request
         for part in path.split("."):
             msg = getattr(msg, part, None)
@@ -91,15 +97,6 @@ def audit_project(request: Any, who: Principal | None) -> str:
         if isinstance(msg, str) and msg:
             return msg
     return (who.project or "") if who is not None else ""
-
-
-def demand_of(request: Any) -> Demand:
-    """What a CreateVMRequest asks of its project's quota."""
-    spec = request.spec
-    gpus: dict[str, int] = {}
-    for g in spec.gpus:
-        gpus[g.model] = gpus.get(g.model, 0) + (g.count or 1)
-    return Demand(spec.vcpus, spec.memory_mib, gpus)
 
 
 def _peer_cert_name(context: grpc.ServicerContext) -> str:
@@ -127,13 +124,18 @@ class _Call:
 class ApiInterceptor(grpc.ServerInterceptor):
     """See the module docstring. ``auth_required`` False still honours a presented token."""
 
-    def __init__(self, store: Store, metrics: Metrics | None = None, *,
-                 auth_required: bool = False, audit: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics | None = None,
+        *,
+        auth_required: bool = False,
+        audit: bool = True,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.auth_required = auth_required
         self.audit = audit
-        self._quota_locks = [threading.Lock() for _ in range(_QUOTA_STRIPES)]
 
     # ------------------------------------------------------------------ grpc hook
 
@@ -153,12 +155,16 @@ class ApiInterceptor(grpc.ServerInterceptor):
             inner_uu = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
                 lambda req, ctx: self._unary(method, md, inner_uu, req, ctx),
-                request_deserializer=deser, response_serializer=ser)
+                request_deserializer=deser,
+                response_serializer=ser,
+            )
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
                 lambda req, ctx: self._stream(method, md, inner_us, req, ctx),
-                request_deserializer=deser, response_serializer=ser)
+                request_deserializer=deser,
+                response_serializer=ser,
+            )
         # client-streaming methods (none in vmmgr.v1 today): authorize, no request scoping
         inner_s = handler.stream_unary or handler.stream_stream
         assert inner_s is not None
@@ -174,14 +180,22 @@ class ApiInterceptor(grpc.ServerInterceptor):
 
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                streaming, request_deserializer=deser, response_serializer=ser)
+                streaming, request_deserializer=deser, response_serializer=ser
+            )
         return grpc.stream_stream_rpc_method_handler(
-            streaming, request_deserializer=deser, response_serializer=ser)
+            streaming, request_deserializer=deser, response_serializer=ser
+        )
 
     # ------------------------------------------------------------------ call shapes
 
-    def _unary(self, method: str, md: Metadata, inner: Callable[[Any, Any], Any],
-               request: Any, context: grpc.ServicerContext) -> Any:
+    def _unary(
+        self,
+        method: str,
+        md: Metadata,
+        inner: Callable[[Any, Any], Any],
+        request: Any,
+        context: grpc.ServicerContext,
+    ) -> Any:
         call = self._begin(method, md, context)
         call.request = request
         try:
@@ -192,8 +206,9 @@ class ApiInterceptor(grpc.ServerInterceptor):
                 response = inner(request, context)
             if call.who is not None and response is not None:
                 who = call.who
-                self._guard(call, context,
-                            lambda: scope_response(method, response, who, self.store))
+                self._guard(
+                    call, context, lambda: scope_response(method, response, who, self.store)
+                )
             op_id = getattr(getattr(response, "operation", None), "id", None)
             if isinstance(op_id, str) and op_id:
                 call.response_note = f"operation {op_id}"
@@ -202,8 +217,14 @@ class ApiInterceptor(grpc.ServerInterceptor):
         finally:
             self._end(call, context)
 
-    def _stream(self, method: str, md: Metadata, inner: Callable[[Any, Any], Iterator[Any]],
-                request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def _stream(
+        self,
+        method: str,
+        md: Metadata,
+        inner: Callable[[Any, Any], Iterator[Any]],
+        request: Any,
+        context: grpc.ServicerContext,
+    ) -> Iterator[Any]:
         call = self._begin(method, md, context)
         call.request = request
         try:
@@ -252,42 +273,42 @@ class ApiInterceptor(grpc.ServerInterceptor):
         if not perm.allows(who.role, call.method):
             raise PermissionDenied(
                 f"{perm.short_name(call.method)} needs role {need.value} or higher; "
-                f"{who.name!r} has role {who.role.value}")
+                f"{who.name!r} has role {who.role.value}"
+            )
         return who
 
-    def _before(self, call: _Call, md: Metadata, request: Any,
-                context: grpc.ServicerContext) -> None:
+    def _before(
+        self, call: _Call, md: Metadata, request: Any, context: grpc.ServicerContext
+    ) -> None:
         if request is MALFORMED:
             raise InvalidArgument("request", "the request message could not be parsed")
         who = self._authorize(call, md, context)
         scope_request(call.method, request, who, self.store)
 
-    def _create_vm(self, call: _Call, inner: Callable[[Any, Any], Any], request: Any,
-                   context: grpc.ServicerContext) -> Any:
-        """Quota check and create under one per-project lock: the VM row is written before
-        the handler returns, so two concurrent creates cannot both squeeze under a quota."""
+    def _create_vm(
+        self,
+        call: _Call,
+        inner: Callable[[Any, Any], Any],
+        request: Any,
+        context: grpc.ServicerContext,
+    ) -> Any:
+        """The operation records this call's request id, so a retry with the same id finds
+        it (the quota is checked by the VM service, under its placement lock)."""
         if call.generated_id and not request.request_id:
-            request.request_id = call.request_id  # the operation records this call's id
-        if not request.HasField("spec"):
-            return inner(request, context)
-        project = request.spec.project or "default"
-        lock = self._quota_locks[zlib.crc32(project.encode("utf-8", "replace")) % _QUOTA_STRIPES]
-        with lock:
-            self._guard(call, context, lambda: self._check_quota(project, request))
-            return inner(request, context)
-
-    def _check_quota(self, project: str, request: Any) -> None:
-        with self.store.read_session() as s:
-            if repo.find_operation_by_request_id(s, request.request_id) is None:  # no replay
-                check_quota(s, project, demand_of(request))
+            request.request_id = call.request_id
+        return inner(request, context)
 
     def _refuse(self, call: _Call, context: grpc.ServicerContext, exc: VmmgrError) -> None:
         call.error = str(exc)
         if self.metrics is not None and exc.code in _REFUSALS:
             self.metrics.auth_failures.labels(exc.code).inc()
         if exc.code in _REFUSALS:
-            log.info("%s refused for %s: %s", perm.short_name(call.method),
-                     call.who.name if call.who else "unauthenticated", exc)
+            log.info(
+                "%s refused for %s: %s",
+                perm.short_name(call.method),
+                call.who.name if call.who else "unauthenticated",
+                exc,
+            )
         _abort(context, exc)
 
     def _end(self, call: _Call, context: grpc.ServicerContext) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, select
 
 from vmmgr.errors import ResourceExhausted
+from vmmgr.requests import VmCreate
 from vmmgr.state import repo
 from vmmgr.state.models import VM, Project
 
@@ -38,6 +39,14 @@ class Violation:
         if self.key.startswith(GPU_PREFIX):
             return "spec.gpus"
         return f"spec.{self.key}"
+
+
+def demand_of(req: VmCreate) -> Demand:
+    """What creating ``req`` asks of its project's quota."""
+    gpus: Counter[str] = Counter()
+    for g in req.gpus:
+        gpus[g.model] += g.count or 1
+    return Demand(req.vcpus, req.memory_mib, dict(gpus))
 
 
 def violations(quotas: Mapping[str, int], used: Demand, wanted: Demand) -> list[Violation]:
@@ -77,6 +86,10 @@ def check_quota(session: Session, project: str, wanted: Demand) -> None:
             f"project {project!r} quota {v.key} exceeded: {v.used} in use + {v.requested} "
             f"requested > limit {v.limit}",
             field=v.field,
-            details={"quota": v.key, "limit": str(v.limit), "used": str(v.used),
-                     "requested": str(v.requested)},
+            details={
+                "quota": v.key,
+                "limit": str(v.limit),
+                "used": str(v.used),
+                "requested": str(v.requested),
+            },
         )

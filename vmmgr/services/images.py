@@ -8,7 +8,7 @@ import os
 import threading
 from collections import defaultdict
 
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from vmmgr.config import Config
 from vmmgr.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -45,9 +45,14 @@ class ImageService:
         self._locks_guard = threading.Lock()
 
     def get(self, name: str, *, field: str = "name") -> Image:
-        check_name(field, name)
         with self.store.read_session() as s:
-            image = s.get(Image, name)
+            return self.lookup(s, name, field=field)
+
+    @staticmethod
+    def lookup(session: Session, name: str, *, field: str = "name") -> Image:
+        """The image ``name`` read in the caller's transaction; NotFound naming ``field``."""
+        check_name(field, name)
+        image = session.get(Image, name)
         if image is None:
             raise NotFound(f"image {name!r} not found (vmmgr image list)", field=field)
         return image
@@ -103,9 +108,9 @@ class ImageService:
         with self._locks_guard:
             lock = self._locks[(name, host)]
         with lock:
-            image = self.get(name)
             pool = self.config.image_pool
             with self.store.read_session() as s:
+                image = self.lookup(s, name)
                 replica = image_repo.find_replica(s, name, host, pool)
             volume_name = f"{name}.{image.format}"
             if replica is not None:

@@ -18,6 +18,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from vmmgr.state.models import Operation, OperationState
 
 log = logging.getLogger(__name__)
 
+_DONE_KEPT = 1024
 Job = Callable[["OperationContext"], dict[str, str] | None]
 
 
@@ -38,6 +40,7 @@ Job = Callable[["OperationContext"], dict[str, str] | None]
 class OperationContext:
     id: str
     _ops: Operations
+    _succeeded: Operation | None = None
 
     def progress(self, percent: float, message: str) -> None:
         self._ops._progress(self.id, max(0.0, min(100.0, percent)), message)
@@ -50,6 +53,17 @@ class OperationContext:
         if self.cancel_requested:
             raise Cancelled("cancelled by request")
 
+    def succeed_in(self, session: Session, result: dict[str, str]) -> None:
+        """Record success in the job's own last transaction, so the change and the operation
+        saying it happened commit together. The job returns once that transaction commits."""
+        self._succeeded = repo.finish_operation(
+            session,
+            self.id,
+            OperationState.SUCCEEDED.value,
+            message="done",
+            result={k: str(v) for k, v in result.items()},
+        )
+
 
 class Operations:
     def __init__(self, store: Store, events: EventBus, workers: int = 4) -> None:
@@ -60,6 +74,9 @@ class Operations:
         self._cancel: set[str] = set()
         self._live: dict[str, tuple[str, float, str]] = {}  # id -> (state, progress, message)
         self._starting: set[str] = set()  # submitted, not yet picked up by a worker
+        self._targets: dict[str, str] = {}  # unfinished op id -> its target
+        # Finished operations never change again: recent ones are answered from memory.
+        self._done: OrderedDict[str, Operation] = OrderedDict()
 
     def submit(
         self, kind: str, target: str, job: Job, *, request_id: str = "", message: str = "queued"
@@ -78,6 +95,7 @@ class Operations:
     def start(self, op: Operation, job: Job) -> Operation:
         with self._cond:
             self._starting.add(op.id)
+            self._targets[op.id] = op.target
         # the caller's context (its request id, for logs) goes with the work
         self._pool.submit(contextvars.copy_context().run, self._run, op.id, op.kind, op.target, job)
         return op
@@ -101,7 +119,10 @@ class Operations:
                 error=VmmgrError(f"internal error: {type(exc).__name__}: {exc}"),
             )
         else:
-            self._finish(op_id, OperationState.SUCCEEDED, result=result)
+            if ctx._succeeded is not None:
+                self._forget_live(ctx._succeeded)
+            else:
+                self._finish(op_id, OperationState.SUCCEEDED, result=result)
 
     def _finish(
         self,
@@ -120,11 +141,7 @@ class Operations:
                 message=error.message if error else "done",
                 result={k: str(v) for k, v in (result or {}).items()},
             )
-        with self._cond:
-            self._cancel.discard(op_id)
-            self._starting.discard(op_id)
-            self._live.pop(op_id, None)
-            self._cond.notify_all()
+        self._forget_live(op)
         if state is not OperationState.SUCCEEDED:  # success is told by the job's own event
             self.events.publish(
                 f"operation.{state.value}",
@@ -134,6 +151,22 @@ class Operations:
                 op_kind=op.kind,
                 target=op.target,
             )
+
+    def _forget_live(self, op: Operation) -> None:
+        with self._cond:
+            self._cancel.discard(op.id)
+            self._starting.discard(op.id)
+            self._targets.pop(op.id, None)
+            self._live.pop(op.id, None)
+            self._done[op.id] = op
+            if len(self._done) > _DONE_KEPT:
+                self._done.popitem(last=False)
+            self._cond.notify_all()
+
+    def busy(self, target: str) -> bool:
+        """Whether this daemon runs an unfinished operation on ``target``."""
+        with self._cond:
+            return target in self._targets.values()
 
     def _progress(self, op_id: str, percent: float, message: str) -> None:
         self._set_live(op_id, OperationState.RUNNING.value, percent, message)
@@ -165,6 +198,10 @@ class Operations:
     def get(self, op_id: str) -> Operation:
         if not op_id:
             raise InvalidArgument("id", "is required")
+        with self._cond:
+            done = self._done.get(op_id)
+        if done is not None:
+            return done
         with self.store.read_session() as s:
             op = repo.get_operation(s, op_id)
         return self._overlay(op)  # detached now: the overlay is never written back
@@ -193,20 +230,20 @@ class Operations:
         (or every half second for an operation this daemon does not run)."""
         end = time.monotonic() + timeout_s
         while True:
+            with self._cond:
+                while (op_id in self._live or op_id in self._starting) and (
+                    left := end - time.monotonic()
+                ) > 0:
+                    self._cond.wait(timeout=min(left, 1.0))
+                mine = op_id in self._live or op_id in self._starting
             op = self.get(op_id)
             if OperationState(op.state).finished:
                 return op, True
-            with self._cond:
-                if op_id in self._live or op_id in self._starting:
-                    while (op_id in self._live or op_id in self._starting) and (
-                        left := end - time.monotonic()
-                    ) > 0:
-                        self._cond.wait(timeout=min(left, 1.0))
-                else:  # not run by this daemon (or not started yet): poll the store
-                    self._cond.wait(timeout=max(0.0, min(end - time.monotonic(), 0.5)))
             if time.monotonic() >= end:
-                op = self.get(op_id)
-                return op, OperationState(op.state).finished
+                return op, False
+            if not mine:  # not run by this daemon (or not started yet): poll the store
+                with self._cond:
+                    self._cond.wait(timeout=max(0.0, min(end - time.monotonic(), 0.5)))
 
     def watch(self, op_id: str, alive: Callable[[], bool]) -> Iterator[Operation]:
         """Yield the operation whenever it changes, ending when it finishes."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from vmmgr.auth.quota import check_quota, demand_of
 from vmmgr.config import Config
 from vmmgr.errors import (
     Aborted,
@@ -39,7 +40,13 @@ from vmmgr.ports import (
 from vmmgr.requests import VmCreate, validate_vm_create
 from vmmgr.scheduler import Scheduler
 from vmmgr.scheduler.results import Placement
-from vmmgr.services.accelerators import Accelerators, check_known, claim_requests, numa_node
+from vmmgr.services.accelerators import (
+    Accelerators,
+    Attached,
+    check_known,
+    claim_requests,
+    numa_node,
+)
 from vmmgr.services.connections import ConnectionManager
 from vmmgr.services.devices import DeviceService
 from vmmgr.services.events import EventBus
@@ -207,38 +214,38 @@ class VMService:
     def explain(self, req: VmCreate) -> Placement:
         validate_vm_create(req)
         with self.store.read_session() as s:
-            snap = build_snapshot(s)
+            snap = build_snapshot(s, placement_only=True)
         return self.scheduler.place(snap, self.placement_request(req, "dry-run"), explain=True)
 
     # ------------------------------------------------------------------ create
 
     def create(self, req: VmCreate, *, owner: str = "", request_id: str = "") -> Operation:
+        """Place and record the VM, then build it as an Operation. A ``request_id`` seen
+        before returns that call's operation (a retried call creates nothing twice)."""
         validate_vm_create(req)
-        if request_id:
-            prior = self.ops.find_by_request_id(request_id)
-            if prior is not None:
-                return prior
-        for i, disk in enumerate(req.disks):
-            self.images.get(disk.image, field=f"spec.disks[{i}].image")
-        with self.store.read_session() as s:
-            for i, group in enumerate(req.groups):
-                if s.get(PlacementGroup, group) is None:
-                    raise NotFound(
-                        f"placement group {group!r} not found", field=f"spec.groups[{i}]"
-                    )
         vm_id = str(uuid.uuid4())
+        # One lock and one read for every check: the quota, the name and the placement all
+        # hold until the VM row is committed below, so concurrent creates cannot both pass.
         with self._place_lock:
             with self.store.read_session() as s:
-                try:
-                    vm_repo.get_vm_by_name(s, req.name, req.project)
-                except NotFound:
-                    pass
-                else:
+                if request_id:
+                    prior = repo.find_operation_by_request_id(s, request_id)
+                    if prior is not None:
+                        return prior
+                check_quota(s, req.project, demand_of(req))
+                for i, disk in enumerate(req.disks):
+                    ImageService.lookup(s, disk.image, field=f"spec.disks[{i}].image")
+                for i, group in enumerate(req.groups):
+                    if s.get(PlacementGroup, group) is None:
+                        raise NotFound(
+                            f"placement group {group!r} not found", field=f"spec.groups[{i}]"
+                        )
+                if vm_repo.name_taken(s, req.name, req.project):
                     raise AlreadyExists(
                         f"vm {req.name!r} already exists in project {req.project!r}",
                         field="spec.name",
                     )
-                snap = build_snapshot(s)
+                snap = build_snapshot(s, placement_only=True)
             check_known(req, snap, self.accel.fpga_profiles)
             placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
             if placement.host is None:
@@ -280,10 +287,17 @@ class VMService:
                 op = self.ops.record(
                     s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
                 )
-        return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host, numa))
+        devices = bool(claims)
+        return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host, numa, devices))
 
     def _build(
-        self, ctx: OperationContext, vm: VM, req: VmCreate, host: str, numa: int | None
+        self,
+        ctx: OperationContext,
+        vm: VM,
+        req: VmCreate,
+        host: str,
+        numa: int | None,
+        devices: bool,
     ) -> dict[str, str]:
         vm_id = vm.id
         undo = UndoStack(f"create vm {vm_id}")
@@ -341,8 +355,8 @@ class VMService:
                 ctx.check_cancelled()
                 ctx.progress(60, "preparing devices")
                 self.step_hook("devices")
-                agent = self.devices.agent(host)
-                attached = self.accel.prepare(vm_id, host, agent, undo)
+                agent = self.devices.agent(host) if devices else None
+                attached = self.accel.prepare(vm_id, host, agent, undo) if devices else Attached()
                 ctx.progress(65, "defining domain")
                 self.step_hook("define")
                 spec = self.domain_spec(vm, req, tuple(disks), self._domain_type(host, req))
@@ -364,8 +378,10 @@ class VMService:
                     undo.push(lambda: conn.destroy(vm_id), "destroy domain")
                     state = VMState.RUNNING
                 self.step_hook("commit")
+                result = {"vm_id": vm_id, "host": host, "vm_state": state.value}
                 with self.store.session() as s:
                     vm_repo.update_vm(s, vm_id, {"state": state.value, "state_reason": ""})
+                    ctx.succeed_in(s, result)
         except BaseException as exc:
             self._forget(vm_id)
             self.events.publish(
@@ -385,7 +401,7 @@ class VMService:
             host=host,
             state=state.value,
         )
-        return {"vm_id": vm_id, "host": host, "vm_state": state.value}
+        return result
 
     def _volume(
         self,
@@ -640,8 +656,8 @@ class VMService:
 
     def on_domain_event(self, event: DomainEvent) -> None:
         """libvirt lifecycle event -> observed VM state (foreign domains are only reported)."""
-        if event.vm_id is None:
-            return
+        if event.vm_id is None or self.ops.busy(event.vm_id):
+            return  # a VM being created, deleted or migrated here: that operation sets it
         new = OBSERVED[event.state].value
         reason = event.reason
         if event.reason == "undefined":

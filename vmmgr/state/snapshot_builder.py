@@ -56,36 +56,52 @@ RUNNING_STATES = frozenset(
 )
 
 
-def _latest_device_util(session: Session) -> dict[str, float]:
-    latest = (
-        select(
-            col(DeviceSample.device_id).label("device_id"),
-            func.max(DeviceSample.time).label("time"),
-        )
-        .group_by(col(DeviceSample.device_id))
-        .subquery()
-    )
-    q = select(col(DeviceSample.device_id), col(DeviceSample.gpu_util)).join(
-        latest,
-        and_(
-            col(DeviceSample.device_id) == latest.c.device_id,
-            col(DeviceSample.time) == latest.c.time,
-        ),
-    )
-    return {d: u / 100.0 for d, u in session.execute(q) if u is not None}
+def _latest(table: Any, key: Any, value: Any) -> Any:
+    """(key, value) of each key's newest sample."""
+    newest = select(key.label("k"), func.max(table.time).label("t")).group_by(key).subquery()
+    return select(key, value).join(newest, and_(key == newest.c.k, table.time == newest.c.t))
 
 
-def _latest_host_load(session: Session) -> dict[str, float]:
-    latest = (
-        select(col(HostSample.host).label("host"), func.max(HostSample.time).label("time"))
-        .group_by(col(HostSample.host))
-        .subquery()
-    )
-    q = select(col(HostSample.host), col(HostSample.cpu_util)).join(
-        latest,
-        and_(col(HostSample.host) == latest.c.host, col(HostSample.time) == latest.c.time),
-    )
-    return {h: u for h, u in session.execute(q) if u is not None}
+# Built once: constructing a statement costs several times what running it does here.
+_DEVICE_UTIL = _latest(DeviceSample, col(DeviceSample.device_id), col(DeviceSample.gpu_util))
+_HOST_LOAD = _latest(HostSample, col(HostSample.host), col(HostSample.cpu_util))
+_CLAIMS = sa_select(
+    col(DeviceClaim.vm_id),
+    col(DeviceClaim.device_id),
+    col(DeviceClaim.kind),
+    col(DeviceClaim.mdev_type),
+    col(DeviceClaim.mig_profile),
+)
+_MEMBERS = sa_select(col(VMGroupMember.vm_id), col(VMGroupMember.group_name)).order_by(
+    col(VMGroupMember.group_name)
+)
+_GROUPS = sa_select(
+    col(PlacementGroup.name), col(PlacementGroup.policy), col(PlacementGroup.hard)
+).order_by(col(PlacementGroup.name))
+_VM_COLUMNS = (
+    col(VM.id),
+    col(VM.name),
+    col(VM.host),
+    col(VM.vcpus),
+    col(VM.memory_mib),
+    col(VM.disk_gib),
+    col(VM.state),
+    col(VM.ha),
+    col(VM.ha_priority),
+)
+_VMS = sa_select(*_VM_COLUMNS).order_by(col(VM.id))
+_MEMBER_VMS = (
+    sa_select(*_VM_COLUMNS)
+    .where(col(VM.id).in_(sa_select(col(VMGroupMember.vm_id))))
+    .order_by(col(VM.id))
+)
+_USAGE = (
+    sa_select(col(VM.host), func.sum(VM.vcpus), func.sum(VM.memory_mib), func.sum(VM.disk_gib))
+    .where(col(VM.host).is_not(None))
+    .group_by(col(VM.host))
+)
+_DEVICES = select(Device).where(col(Device.present).is_(True)).order_by(col(Device.id))
+_HOSTS = select(Host).order_by(col(Host.name))
 
 
 def _mig_snap(mig: dict[str, Any], claimed_profiles: list[str]) -> MigSnap | None:
@@ -115,22 +131,19 @@ def _mig_snap(mig: dict[str, Any], claimed_profiles: list[str]) -> MigSnap | Non
     )
 
 
-def build_snapshot(session: Session) -> ClusterSnapshot:
+def build_snapshot(session: Session, *, placement_only: bool = False) -> ClusterSnapshot:
+    """The cluster as the store holds it now.
+
+    ``placement_only``: what placing new VMs needs and nothing more, so its cost does not grow
+    with the number of VMs: per-host usage is summed by the database, ``vms`` holds only VMs in
+    placement groups (for affinity) and ``HostSnap.vms`` is empty.
+    """
     # ---- claims, indexed both ways
     whole_by_device: dict[str, str] = {}
     mdev_by_device: dict[str, list[str]] = defaultdict(list)
     mig_by_device: dict[str, list[str]] = defaultdict(list)
     claims_by_vm: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
-    claim_rows = session.execute(
-        sa_select(
-            col(DeviceClaim.vm_id),
-            col(DeviceClaim.device_id),
-            col(DeviceClaim.kind),
-            col(DeviceClaim.mdev_type),
-            col(DeviceClaim.mig_profile),
-        )
-    )
-    for vm_id, dev_id, kind, mdev_type, mig_profile in claim_rows:
+    for vm_id, dev_id, kind, mdev_type, mig_profile in session.execute(_CLAIMS):
         claims_by_vm[vm_id].append((dev_id, kind, mdev_type, mig_profile))
         if kind == ClaimKind.PCI:
             whole_by_device[dev_id] = vm_id
@@ -142,41 +155,24 @@ def build_snapshot(session: Session) -> ClusterSnapshot:
     # ---- groups
     members: dict[str, set[str]] = defaultdict(set)
     groups_by_vm: dict[str, list[str]] = defaultdict(list)
-    for vm_id, group in session.execute(
-        select(col(VMGroupMember.vm_id), col(VMGroupMember.group_name)).order_by(
-            col(VMGroupMember.group_name)
-        )
-    ):
+    for vm_id, group in session.execute(_MEMBERS):
         members[group].add(vm_id)
         groups_by_vm[vm_id].append(group)
     groups = tuple(
         GroupSnap(name=name, policy=policy, hard=hard, members=frozenset(members.get(name, ())))
-        for name, policy, hard in session.execute(
-            select(
-                col(PlacementGroup.name), col(PlacementGroup.policy), col(PlacementGroup.hard)
-            ).order_by(col(PlacementGroup.name))
-        )
+        for name, policy, hard in session.execute(_GROUPS)
     )
 
     # ---- VMs and per-host usage
     used: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     vms_by_host: dict[str, list[str]] = defaultdict(list)
     vm_snaps: list[VMSnap] = []
-    vm_rows = session.execute(
-        sa_select(
-            col(VM.id),
-            col(VM.name),
-            col(VM.host),
-            col(VM.vcpus),
-            col(VM.memory_mib),
-            col(VM.disk_gib),
-            col(VM.state),
-            col(VM.ha),
-            col(VM.ha_priority),
-        ).order_by(col(VM.id))
-    )
+    if placement_only:
+        for host, vcpus, memory_mib, disk_gib in session.execute(_USAGE):
+            used[host] = [int(vcpus or 0), int(memory_mib or 0), int(disk_gib or 0)]
+    vm_rows = session.execute(_MEMBER_VMS if placement_only else _VMS)
     for vm_id, name, host, vcpus, memory_mib, disk_gib, state, ha, priority in vm_rows:
-        if host is not None:
+        if host is not None and not placement_only:
             u = used[host]
             u[0] += vcpus
             u[1] += memory_mib
@@ -203,11 +199,9 @@ def build_snapshot(session: Session) -> ClusterSnapshot:
         )
 
     # ---- devices
-    util = _latest_device_util(session)
+    util = {d: u / 100.0 for d, u in session.execute(_DEVICE_UTIL) if u is not None}
     devices_by_host: dict[str, list[DeviceSnap]] = defaultdict(list)
-    for dev in session.exec(
-        select(Device).where(col(Device.present).is_(True)).order_by(col(Device.id))
-    ):
+    for dev in session.exec(_DEVICES):
         mdev_claims = mdev_by_device.get(dev.id, [])
         devices_by_host[dev.host].append(
             DeviceSnap(
@@ -240,9 +234,9 @@ def build_snapshot(session: Session) -> ClusterSnapshot:
         )
 
     # ---- hosts
-    load = _latest_host_load(session)
+    load = {h: u for h, u in session.execute(_HOST_LOAD) if u is not None}
     hosts = []
-    for h in session.exec(select(Host).order_by(col(Host.name))):
+    for h in session.exec(_HOSTS):
         u = used.get(h.name, [0, 0, 0])
         hosts.append(
             HostSnap(

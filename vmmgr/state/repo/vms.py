@@ -6,7 +6,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, tuple_, update
+from sqlalchemy import bindparam, delete, func, tuple_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
@@ -75,6 +76,17 @@ def get_vm(session: Session, vm_id: str) -> VM:
 
 def find_vm(session: Session, vm_id: str) -> VM | None:
     return session.get(VM, vm_id)
+
+
+_NAME_TAKEN = (
+    sa_select(col(VM.id))
+    .where(col(VM.project) == bindparam("project"), col(VM.name) == bindparam("name"))
+    .limit(1)
+)
+
+
+def name_taken(session: Session, name: str, project: str) -> bool:
+    return session.execute(_NAME_TAKEN, {"project": project, "name": name}).first() is not None
 
 
 def get_vm_by_name(session: Session, name: str, project: str = "default") -> VM:

@@ -1,0 +1,78 @@
+"""Operations: outcome recorded in the job's own transaction, finished ones served from memory,
+and which targets have an operation running here."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import delete
+from sqlmodel import col
+from state_fixtures import *  # noqa: F403  (the store fixtures)
+
+from vmmgr.errors import NotFound
+from vmmgr.services.events import EventBus, EventRecord
+from vmmgr.services.operations import OperationContext, Operations
+from vmmgr.state import Store, repo
+from vmmgr.state.models import VM, Operation, OperationState
+
+
+def _ops(store: Store) -> Operations:
+    def persist(rec: EventRecord) -> int:
+        return 0
+
+    return Operations(store, EventBus(persist), workers=2)
+
+
+def _vm(store: Store, name: str) -> VM:
+    with store.session() as s:
+        return repo.add_vm(s, VM(name=name, vcpus=1, memory_mib=64, state="creating"))
+
+
+def test_success_recorded_in_the_jobs_transaction_commits_with_its_change(store: Store) -> None:
+    ops, vm = _ops(store), _vm(store, "a")
+
+    def job(ctx: OperationContext) -> dict[str, str]:
+        with store.session() as s:
+            repo.update_vm(s, vm.id, {"state": "running"})
+            ctx.succeed_in(s, {"vm_state": "running"})
+        return {"vm_state": "running"}
+
+    op, done = ops.wait(ops.submit("vm.create", vm.id, job).id, 10)
+    assert done and op.state == OperationState.SUCCEEDED and op.result == {"vm_state": "running"}
+    with store.read_session() as s:
+        assert repo.get_operation(s, op.id).state == OperationState.SUCCEEDED
+        assert repo.get_vm(s, vm.id).state == "running"
+    ops.shutdown()
+
+
+def test_a_failure_after_succeed_in_rolls_both_back(store: Store) -> None:
+    ops, vm = _ops(store), _vm(store, "b")
+
+    def job(ctx: OperationContext) -> dict[str, str]:
+        with store.session() as s:
+            repo.update_vm(s, vm.id, {"state": "running"})
+            ctx.succeed_in(s, {})
+            raise RuntimeError("the commit never happens")
+
+    op, done = ops.wait(ops.submit("vm.create", vm.id, job).id, 10)
+    assert done and op.state == OperationState.FAILED and "commit never" in op.error_message
+    with store.read_session() as s:
+        assert repo.get_vm(s, vm.id).state == "creating"
+    ops.shutdown()
+
+
+def test_busy_while_running_and_finished_ops_come_from_memory(store: Store) -> None:
+    ops, vm = _ops(store), _vm(store, "c")
+    release = threading.Event()
+    op = ops.submit("vm.delete", vm.id, lambda ctx: release.wait(10) and None)
+    assert ops.busy(vm.id) and not ops.busy("someone-else")
+    release.set()
+    done, finished = ops.wait(op.id, 10)
+    assert finished and done.state == OperationState.SUCCEEDED and not ops.busy(vm.id)
+    with store.session() as s:  # a finished operation never changes: memory answers for it
+        s.execute(delete(Operation).where(col(Operation.id) == op.id))
+    assert ops.get(op.id) is done
+    with pytest.raises(NotFound):
+        Operations(store, ops.events).get(op.id)
+    ops.shutdown()
