@@ -205,6 +205,7 @@ def build_core(
         config,
         devices,
         Accelerators(store, config.fpga_profile_map()),
+        hypervisor,
     )
     hosts.on_registered.append(devices.rescan)
     holder.update(vms=vms, hosts=hosts, devices=devices)

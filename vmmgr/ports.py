@@ -176,12 +176,6 @@ class HostConnection(Protocol):
     def create_overlay(
         self, pool: str, name: str, backing: VolumeInfo, capacity_bytes: int
     ) -> VolumeInfo: ...
-    def create_seed(
-        self, pool: str, name: str, meta_data: str, user_data: str, network_config: str
-    ) -> VolumeInfo:
-        """A cloud-init NoCloud ISO (volume label ``cidata``) as a volume in the pool."""
-        ...
-
     def delete_volume(self, pool: str, name: str) -> None: ...
     def list_volumes(self, pool: str) -> list[VolumeInfo]: ...
 
@@ -194,10 +188,27 @@ class HostConnection(Protocol):
     def on_node_device_event(self, callback: Callable[[str], None]) -> None: ...
 
 
+class PendingFile(Protocol):
+    """A file being built on the daemon's machine."""
+
+    def wait(self) -> str:
+        """Its path once built; DriverError if building failed."""
+        ...
+
+    def discard(self) -> None:
+        """Stop building it and remove it (safe to call more than once)."""
+        ...
+
+
 class Hypervisor(Protocol):
     """Opens connections; implemented by drivers.hypervisor.libvirt."""
 
     def connect(self, uri: str, *, host_name: str) -> HostConnection: ...
+
+    def build_seed(self, meta_data: str, user_data: str, network_config: str) -> PendingFile:
+        """Start building a cloud-init NoCloud ISO (volume label ``cidata``); a host gets it
+        through ``import_volume``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,12 @@ import pytest
 
 from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtConnection, LibvirtHypervisor, test_uri
 from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
-from drivers.hypervisor.libvirt.seed import SEED_LABEL, build_seed_iso, iso_volume_label
+from drivers.hypervisor.libvirt.seed import (
+    SEED_LABEL,
+    SeedIsoBuild,
+    build_seed_iso,
+    iso_volume_label,
+)
 from drivers.hypervisor.libvirt.xml import StoragePool, StorageVolume
 from drivers.hypervisor.libvirt.xml.base import to_string
 from drivers.hypervisor.libvirt.xml.testnode import TestDriverNode
@@ -127,7 +133,9 @@ def test_import_on_the_test_driver_stands_in_a_sized_volume(
     src.write_bytes(qcow2_header(3 * GIB) + b"\0" * 4096)
     vol = conn.import_volume("vmmgr", "img.qcow2", str(src))
     assert (vol.format, vol.capacity_bytes) == ("qcow2", 3 * GIB)
-    seed = conn.create_seed("vmmgr", "seed.iso", "instance-id: a\n", "#cloud-config\n", "")
+    iso = LibvirtHypervisor().build_seed("instance-id: a\n", "#cloud-config\n", "")
+    seed = conn.import_volume("vmmgr", "seed.iso", iso.wait())
+    iso.discard()
     assert seed.format == "raw" and seed.capacity_bytes > 0
     assert [v.name for v in conn.list_volumes("vmmgr")] == ["img.qcow2", "seed.iso"]
 
@@ -212,6 +220,33 @@ def test_seed_tool_failure_is_a_driver_error(
     monkeypatch.setenv("PATH", str(bindir))
     with pytest.raises(DriverError, match="disk full"):
         build_seed_iso(str(tmp_path), "a", "b")
+
+
+def test_a_seed_build_discarded_midway_is_stopped_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "genisoimage"
+    tool.write_text("#!/bin/sh\nexec sleep 30\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    build = SeedIsoBuild("a", "b")
+    workdir = Path(build.path).parent
+    assert (workdir / "meta-data").read_text() == "a"
+    build.discard()
+    assert not workdir.exists() and build._proc.returncode is not None
+    build.discard()  # twice is fine
+
+
+def test_seed_without_an_iso_tool_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(FailedPrecondition):
+        SeedIsoBuild("a", "b")
+    assert not list(tmp_path.glob("vmmgr-seed-*"))
 
 
 def test_iso_label_rejects_non_iso(tmp_path: Path) -> None:

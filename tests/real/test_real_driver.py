@@ -142,9 +142,10 @@ def test_tcg_domain_on_overlay_and_seed_runs_and_is_cleaned_up(
     assert info["format"] == "qcow2" and info["backing-filename"] == base.path
     assert info["virtual-size"] == base.capacity_bytes + (64 << 20)
 
-    seed = conn.create_seed(
-        pool.name, "seed.iso", "instance-id: real-1\n", "#cloud-config\n", "version: 2\n"
-    )
+    iso = LibvirtHypervisor().build_seed("instance-id: real-1\n", "#cloud-config\n", "version: 2\n")
+    seed = conn.import_volume(pool.name, "seed.iso", iso.wait())
+    iso.discard()
+    assert not os.path.exists(iso.wait())  # the upload was a copy: the local ISO is gone
     assert seed.format == "raw" and iso_volume_label(seed.path) == "cidata"
 
     name = f"vmmgr-test-{uuid.uuid4().hex[:8]}"

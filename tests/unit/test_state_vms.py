@@ -19,7 +19,7 @@ from vmmgr.errors import (
 )
 from vmmgr.ports import HostInfo, HostNumaCell
 from vmmgr.state import Store, repo
-from vmmgr.state.models import VM, Host, Image, ImageReplica, Volume
+from vmmgr.state.models import VM, Host, Image, ImageReplica, VMState, Volume
 
 
 def _vm(name: str, **kw: object) -> VM:
@@ -377,3 +377,38 @@ def test_images_and_replicas(store: Store, host: Host) -> None:
         repo.delete_image(s, "free")
         with pytest.raises(NotFound):
             repo.get_image(s, "free")
+
+
+def test_vm_with_volumes_is_written_whole_or_not_at_all(store: Store) -> None:
+    def vol(vm: VM, name: str, kind: str = "overlay") -> Volume:
+        return Volume(vm_id=vm.id, host="", pool="p", name=name, path=f"/p/{name}", kind=kind)
+
+    with store.session() as s:
+        a = _vm("a", labels={"team": "ml"})
+        repo.add_vm(s, a, [vol(a, "a0"), vol(a, "a-seed", "seed")])
+        b = _vm("b")
+        with pytest.raises(InvalidArgument) as e:
+            repo.add_vm(s, b, [vol(b, "b0", kind="floppy")])
+        assert e.value.field == "kind"
+        dup = _vm("a")
+        with pytest.raises(AlreadyExists):
+            repo.add_vm(s, dup, [vol(dup, "dup0")])
+    with store.read_session() as s:
+        assert sorted(v.name for v in repo.list_volumes(s)) == ["a-seed", "a0"]
+        assert repo.count_vms(s) == 1 and repo.get_vm(s, a.id).labels == {"team": "ml"}
+
+
+def test_set_state_bumps_the_generation_and_needs_the_vm(store: Store) -> None:
+    with store.session() as s:
+        vm = repo.add_vm(s, _vm("a", state="creating"))
+    with store.session() as s:
+        repo.set_vm_state(s, vm.id, VMState.RUNNING, "started")
+    with store.read_session() as s:
+        now = repo.get_vm(s, vm.id)
+    assert (now.state, now.state_reason, now.generation) == (
+        "running",
+        "started",
+        vm.generation + 1,
+    )
+    with store.session() as s, pytest.raises(NotFound):
+        repo.set_vm_state(s, "missing", VMState.RUNNING)

@@ -43,6 +43,9 @@ class ImageService:
         self.config = config
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        # (image, host, pool) -> volume name of replicas this daemon found or recorded: later
+        # creates only ask the host whether the volume is still there.
+        self._known: dict[tuple[str, str, str], str] = {}
 
     def get(self, name: str, *, field: str = "name") -> Image:
         with self.store.read_session() as s:
@@ -109,6 +112,11 @@ class ImageService:
             lock = self._locks[(name, host)]
         with lock:
             pool = self.config.image_pool
+            known = self._known.get((name, host, pool))
+            if known is not None:
+                vol = conn.get_volume(pool, known)
+                if vol is not None:
+                    return vol
             with self.store.read_session() as s:
                 image = self.lookup(s, name)
                 replica = image_repo.find_replica(s, name, host, pool)
@@ -116,6 +124,7 @@ class ImageService:
             if replica is not None:
                 vol = conn.get_volume(pool, volume_name)
                 if vol is not None:
+                    self._known[(name, host, pool)] = volume_name
                     return vol
                 with self.store.session() as s:  # deleted behind our back: import again
                     image_repo.delete_replica(s, name, host, pool)
@@ -138,6 +147,7 @@ class ImageService:
                 if created:
                     conn.delete_volume(pool, volume_name)
                 raise
+            self._known[(name, host, pool)] = volume_name
             return vol
 
     def delete(self, name: str) -> None:
@@ -155,6 +165,8 @@ class ImageService:
         self.events.publish("image.deleted", name, f"image {name} deleted")
 
     def _drop(self, name: str) -> None:
+        with self._locks_guard:
+            self._known = {k: v for k, v in self._known.items() if k[0] != name}
         with self.store.session() as s:
             for replica in image_repo.list_replicas(s, image=name):
                 image_repo.delete_replica(s, name, replica.host, replica.pool)

@@ -103,8 +103,7 @@ class Operations:
     def _run(self, op_id: str, kind: str, target: str, job: Job) -> None:
         ctx = OperationContext(op_id, self)
         self._set_live(op_id, OperationState.RUNNING.value, 0.0, "started")
-        try:
-            ctx.check_cancelled()
+        try:  # a job always runs, so it can undo what its caller set up; it checks cancel
             result = job(ctx) or {}
         except Cancelled as exc:
             self._finish(op_id, OperationState.CANCELLED, error=exc)

@@ -34,7 +34,9 @@ from vmmgr.ports import (
     DomainSpec,
     DomainState,
     HostConnection,
+    Hypervisor,
     NicSpec,
+    PendingFile,
     VolumeInfo,
 )
 from vmmgr.requests import VmCreate, validate_vm_create
@@ -125,6 +127,7 @@ class VMService:
         config: Config,
         devices: DeviceService,
         accelerators: Accelerators,
+        seeds: Hypervisor,
     ) -> None:
         self.store = store
         self.conns = conns
@@ -135,6 +138,7 @@ class VMService:
         self.config = config
         self.devices = devices
         self.accel = accelerators
+        self.seeds = seeds
         self._place_lock = threading.Lock()
         # Called with a VM whose qemu died or whose guest crashed (the restart policy hooks in).
         self.on_crash: list[Callable[[VM], None]] = []
@@ -224,71 +228,77 @@ class VMService:
         before returns that call's operation (a retried call creates nothing twice)."""
         validate_vm_create(req)
         vm_id = str(uuid.uuid4())
-        # One lock and one read for every check: the quota, the name and the placement all
-        # hold until the VM row is committed below, so concurrent creates cannot both pass.
-        with self._place_lock:
-            with self.store.read_session() as s:
-                if request_id:
-                    prior = repo.find_operation_by_request_id(s, request_id)
-                    if prior is not None:
-                        return prior
-                check_quota(s, req.project, demand_of(req))
-                for i, disk in enumerate(req.disks):
-                    ImageService.lookup(s, disk.image, field=f"spec.disks[{i}].image")
-                for i, group in enumerate(req.groups):
-                    if s.get(PlacementGroup, group) is None:
-                        raise NotFound(
-                            f"placement group {group!r} not found", field=f"spec.groups[{i}]"
+        # The seed depends on the request alone: its ISO tool runs on another core meanwhile.
+        seed = self.seeds.build_seed(*cloud_init_documents(vm_id, req))
+        try:
+            # One lock and one read for every check: the quota, the name and the placement
+            # all hold until the VM row is committed, so concurrent creates cannot both pass.
+            with self._place_lock:
+                with self.store.read_session() as s:
+                    if request_id:
+                        prior = repo.find_operation_by_request_id(s, request_id)
+                        if prior is not None:
+                            seed.discard()
+                            return prior
+                    check_quota(s, req.project, demand_of(req))
+                    for i, disk in enumerate(req.disks):
+                        ImageService.lookup(s, disk.image, field=f"spec.disks[{i}].image")
+                    for i, group in enumerate(req.groups):
+                        if s.get(PlacementGroup, group) is None:
+                            raise NotFound(
+                                f"placement group {group!r} not found", field=f"spec.groups[{i}]"
+                            )
+                    if vm_repo.name_taken(s, req.name, req.project):
+                        raise AlreadyExists(
+                            f"vm {req.name!r} already exists in project {req.project!r}",
+                            field="spec.name",
                         )
-                if vm_repo.name_taken(s, req.name, req.project):
-                    raise AlreadyExists(
-                        f"vm {req.name!r} already exists in project {req.project!r}",
-                        field="spec.name",
+                    snap = build_snapshot(s, placement_only=True)
+                check_known(req, snap, self.accel.fpga_profiles)
+                placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
+                if placement.host is None:
+                    raise no_host_fits(f"vm {req.name!r}", placement)
+                host = placement.host
+                claims = claim_requests(placement, snap)
+                numa = numa_node(placement, snap)
+                with self.store.session() as s:
+                    vm = vm_repo.add_vm(
+                        s,
+                        VM(
+                            id=vm_id,
+                            name=req.name,
+                            project=req.project,
+                            owner=owner,
+                            description=req.description,
+                            host=host,
+                            vcpus=req.vcpus,
+                            memory_mib=req.memory_mib,
+                            disk_gib=sum(d.size_gib for d in req.disks),
+                            image=req.disks[0].image,
+                            spec=req.to_json(),
+                            desired_power=(
+                                PowerState.RUNNING if req.start else PowerState.STOPPED
+                            ).value,
+                            state=VMState.CREATING.value,
+                            labels=dict(req.labels),
+                            ha=req.ha,
+                            ha_priority=req.ha_priority,
+                            domain_uuid=vm_id,
+                        ),
+                        self._volume_rows(vm_id, host, req),
                     )
-                snap = build_snapshot(s, placement_only=True)
-            check_known(req, snap, self.accel.fpga_profiles)
-            placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
-            if placement.host is None:
-                raise no_host_fits(f"vm {req.name!r}", placement)
-            host = placement.host
-            claims = claim_requests(placement, snap)
-            numa = numa_node(placement, snap)
-            with self.store.session() as s:
-                vm = vm_repo.add_vm(
-                    s,
-                    VM(
-                        id=vm_id,
-                        name=req.name,
-                        project=req.project,
-                        owner=owner,
-                        description=req.description,
-                        host=host,
-                        vcpus=req.vcpus,
-                        memory_mib=req.memory_mib,
-                        disk_gib=sum(d.size_gib for d in req.disks),
-                        image=req.disks[0].image,
-                        spec=req.to_json(),
-                        desired_power=(
-                            PowerState.RUNNING if req.start else PowerState.STOPPED
-                        ).value,
-                        state=VMState.CREATING.value,
-                        labels=dict(req.labels),
-                        ha=req.ha,
-                        ha_priority=req.ha_priority,
-                        domain_uuid=vm_id,
-                    ),
-                )
-                for row in self._volume_rows(vm_id, host, req):
-                    volume_repo.add_volume(s, row)
-                if claims:
-                    repo.claim_devices(s, vm_id, claims)
-                if req.groups:
-                    repo.set_vm_groups(s, vm_id, req.groups)
-                op = self.ops.record(
-                    s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
-                )
+                    if claims:
+                        repo.claim_devices(s, vm_id, claims)
+                    if req.groups:
+                        repo.set_vm_groups(s, vm_id, req.groups)
+                    op = self.ops.record(
+                        s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
+                    )
+        except BaseException:
+            seed.discard()
+            raise
         devices = bool(claims)
-        return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host, numa, devices))
+        return self.ops.start(op, lambda ctx: self._build(ctx, vm, req, host, numa, devices, seed))
 
     def _build(
         self,
@@ -298,6 +308,7 @@ class VMService:
         host: str,
         numa: int | None,
         devices: bool,
+        seed_file: PendingFile,
     ) -> dict[str, str]:
         vm_id = vm.id
         undo = UndoStack(f"create vm {vm_id}")
@@ -338,8 +349,8 @@ class VMService:
                     conn,
                     undo,
                     vm_id,
-                    lambda: conn.create_seed(
-                        self.config.vm_pool, f"{vm_id}-seed.iso", *cloud_init_documents(vm_id, req)
+                    lambda: conn.import_volume(
+                        self.config.vm_pool, f"{vm_id}-seed.iso", seed_file.wait()
                     ),
                 )
                 disks.append(
@@ -380,7 +391,7 @@ class VMService:
                 self.step_hook("commit")
                 result = {"vm_id": vm_id, "host": host, "vm_state": state.value}
                 with self.store.session() as s:
-                    vm_repo.update_vm(s, vm_id, {"state": state.value, "state_reason": ""})
+                    vm_repo.set_vm_state(s, vm_id, state)
                     ctx.succeed_in(s, result)
         except BaseException as exc:
             self._forget(vm_id)
@@ -393,6 +404,8 @@ class VMService:
                 host=host,
             )
             raise
+        finally:
+            seed_file.discard()
         self.events.publish(
             "vm.created",
             vm_id,

@@ -629,12 +629,6 @@ class LibvirtConnection:
         with self._libvirt(f"create overlay {pool}/{name}") as conn:
             return storage.create_overlay(conn, pool, name, backing, capacity_bytes)
 
-    def create_seed(
-        self, pool: str, name: str, meta_data: str, user_data: str, network_config: str
-    ) -> VolumeInfo:
-        with self._libvirt(f"create seed {pool}/{name}") as conn:
-            return storage.create_seed(conn, pool, name, meta_data, user_data, network_config)
-
     def delete_volume(self, pool: str, name: str) -> None:
         with self._libvirt(f"delete volume {pool}/{name}") as conn:
             storage.delete_volume(conn, pool, name)

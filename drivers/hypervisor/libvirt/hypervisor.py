@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from drivers.hypervisor.libvirt.config import LibvirtConfig
 from drivers.hypervisor.libvirt.connection import LibvirtConnection
 from drivers.hypervisor.libvirt.events import start_event_loop
+from drivers.hypervisor.libvirt.seed import SeedIsoBuild
 from vmmgr.ports import HostConnection, Hypervisor
 
 
@@ -39,6 +40,9 @@ class LibvirtHypervisor:
             conn.close()
             raise
         return conn
+
+    def build_seed(self, meta_data: str, user_data: str, network_config: str) -> SeedIsoBuild:
+        return SeedIsoBuild(meta_data, user_data, network_config)
 
 
 if TYPE_CHECKING:  # mypy proves the driver satisfies the ports it implements

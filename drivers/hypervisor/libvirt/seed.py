@@ -1,7 +1,7 @@
 """cloud-init NoCloud seed ISOs, built locally with genisoimage (or xorriso/mkisofs).
 
 The ISO (volume label ``cidata``; files meta-data, user-data and, if given, network-config) is
-written to a temporary directory; the caller uploads it into a storage pool.
+written to a temporary directory; the caller uploads it into a storage pool (``import_volume``).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 
 from vmmgr.errors import DriverError, FailedPrecondition
 
@@ -27,28 +28,76 @@ def _iso_command(output: str) -> list[str]:
     raise FailedPrecondition("no ISO tool found (install genisoimage or xorriso)")
 
 
+class SeedIsoBuild:
+    """An ISO tool building a NoCloud seed in the background (vmmgr.ports.PendingFile).
+
+    Started as soon as a create request is accepted, it runs on another core while the daemon
+    places and records the VM; ``wait`` collects it when the volume is due.
+    """
+
+    def __init__(
+        self, meta_data: str, user_data: str, network_config: str = "", *, workdir: str = ""
+    ) -> None:
+        self._own_dir = not workdir
+        self._dir = workdir or tempfile.mkdtemp(prefix="vmmgr-seed-")
+        files = {"meta-data": meta_data, "user-data": user_data}
+        if network_config:
+            files["network-config"] = network_config
+        paths = []
+        try:
+            for name, content in files.items():
+                path = os.path.join(self._dir, name)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(content)
+                paths.append(path)
+            self.path = os.path.join(self._dir, "seed.iso")
+            cmd = _iso_command(self.path) + paths
+            self._tool = os.path.basename(cmd[0])
+            self._proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+        except BaseException:
+            self._remove_dir()
+            raise
+        self._error: DriverError | None = None
+        self._done = False
+
+    def wait(self) -> str:
+        """The ISO's path once the tool finished; DriverError if it failed or timed out."""
+        if not self._done:
+            try:
+                _, err = self._proc.communicate(timeout=_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.communicate()
+                self._error = DriverError(f"{self._tool} timed out after {_TIMEOUT_S}s")
+            else:
+                if self._proc.returncode != 0:
+                    self._error = DriverError(
+                        f"{self._tool} failed ({self._proc.returncode}): {err.strip()}"
+                    )
+            self._done = True
+        if self._error is not None:
+            raise self._error
+        return self.path
+
+    def discard(self) -> None:
+        """Stop the tool if it still runs and remove what it wrote (the ISO's upload is a copy)."""
+        if not self._done:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.communicate()
+            self._done = True
+        self._remove_dir()
+
+    def _remove_dir(self) -> None:
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
 def build_seed_iso(workdir: str, meta_data: str, user_data: str, network_config: str = "") -> str:
     """Write the NoCloud files into ``workdir`` and build ``workdir/seed.iso``; its path."""
-    files = {"meta-data": meta_data, "user-data": user_data}
-    if network_config:
-        files["network-config"] = network_config
-    paths = []
-    for name, content in files.items():
-        path = os.path.join(workdir, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(content)
-        paths.append(path)
-    output = os.path.join(workdir, "seed.iso")
-    cmd = _iso_command(output) + paths
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise DriverError(f"{os.path.basename(cmd[0])} timed out after {_TIMEOUT_S}s") from None
-    if proc.returncode != 0:
-        raise DriverError(
-            f"{os.path.basename(cmd[0])} failed ({proc.returncode}): {proc.stderr.strip()}"
-        )
-    return output
+    return SeedIsoBuild(meta_data, user_data, network_config, workdir=workdir).wait()
 
 
 def iso_volume_label(path: str) -> str:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 import libvirt
 
 from drivers.hypervisor.libvirt.errors import error_code
 from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
-from drivers.hypervisor.libvirt.seed import build_seed_iso
 from drivers.hypervisor.libvirt.xml.base import to_string
 from drivers.hypervisor.libvirt.xml.storage import BackingStore, StoragePool, StorageVolume
 from vmmgr.errors import (
@@ -191,21 +189,6 @@ def create_overlay(
     )
     vol = pool.createXML(to_string(spec.build()), 0)
     return volume_info(pool_name, vol)
-
-
-def create_seed(
-    conn: libvirt.virConnect,
-    pool_name: str,
-    name: str,
-    meta_data: str,
-    user_data: str,
-    network_config: str,
-) -> VolumeInfo:
-    """Build a NoCloud ISO locally and upload it into the pool as a raw volume."""
-    _check_name(name)
-    with tempfile.TemporaryDirectory(prefix="vmmgr-seed-") as workdir:
-        iso = build_seed_iso(workdir, meta_data, user_data, network_config)
-        return upload_volume(conn, pool_name, name, iso)
 
 
 def delete_volume(conn: libvirt.virConnect, pool_name: str, name: str) -> None:

@@ -124,6 +124,7 @@ from vmmgr.state.repo.vms import (
     get_vm_by_name,
     list_vms,
     project_usage,
+    set_vm_state,
     update_vm,
 )
 from vmmgr.state.repo.volumes import (
@@ -236,6 +237,7 @@ __all__ = [
     "set_device_health",
     "set_project_quotas",
     "set_vm_groups",
+    "set_vm_state",
     "update_claim",
     "update_device_telemetry",
     "update_host",

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from vmmgr.errors import FailedPrecondition, InvalidArgument, VmmgrError
 from vmmgr.state.models import Operation, OperationState
-from vmmgr.state.repo._common import check_choice, get_or_404, insert
+from vmmgr.state.repo._common import check_choice, get_or_404
 from vmmgr.state.types import utcnow
 
 _UNFINISHED = (OperationState.PENDING.value, OperationState.RUNNING.value)
@@ -29,7 +29,8 @@ def create_operation(
     if not kind:
         raise InvalidArgument("kind", "an operation needs a kind")
     op = Operation(kind=kind, target=target, request_id=request_id, message=message)
-    return insert(session, op, duplicate=lambda: FailedPrecondition("operation id collision"))
+    session.add(op)  # its id is a fresh uuid4: written with the caller's next flush
+    return op
 
 
 def get_operation(session: Session, op_id: str) -> Operation:

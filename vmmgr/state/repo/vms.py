@@ -28,12 +28,12 @@ from vmmgr.state.repo._common import (
     decode_token,
     encode_token,
     get_or_404,
-    insert,
     violation_kind,
 )
 from vmmgr.state.repo._common import (
     page_size as _clamp_page_size,
 )
+from vmmgr.state.repo.volumes import check_volume
 from vmmgr.state.types import utcnow
 
 _UPDATABLE = frozenset(VM.model_fields) - {"id", "created_at", "updated_at", "generation"}
@@ -60,13 +60,24 @@ def _set_labels(session: Session, vm_id: str, labels: Mapping[str, str]) -> None
     session.add_all(VMLabel(vm_id=vm_id, key=k, value=v) for k, v in labels.items())
 
 
-def add_vm(session: Session, vm: VM) -> VM:
+def add_vm(session: Session, vm: VM, volumes: Collection[Volume] = ()) -> VM:
+    """Insert a new VM with its labels and ``volumes`` in one flush (one SAVEPOINT: a taken
+    name is AlreadyExists and leaves the caller's transaction usable)."""
     _check_values({"state": vm.state, "desired_power": vm.desired_power})
     _check_host(session, vm.host)
+    for volume in volumes:
+        check_volume(volume)
     vm.labels = dict(vm.labels)
-    insert(session, vm, duplicate=lambda: _duplicate(vm.name, vm.project))
-    _set_labels(session, vm.id, vm.labels)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(vm)
+            session.add_all(VMLabel(vm_id=vm.id, key=k, value=v) for k, v in vm.labels.items())
+            session.add_all(volumes)
+            session.flush()
+    except IntegrityError as e:
+        if violation_kind(e) == "unique":
+            raise _duplicate(vm.name, vm.project) from e
+        raise
     return vm
 
 
@@ -169,6 +180,28 @@ def project_usage(session: Session, project: str) -> Usage:
         ).where(VM.project == project)
     ).one()
     return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+_SET_STATE = (
+    update(VM)
+    .where(col(VM.id) == bindparam("vm_id"))
+    .values(
+        state=bindparam("state"),
+        state_reason=bindparam("reason"),
+        generation=col(VM.generation) + 1,
+        updated_at=bindparam("now"),
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
+def set_vm_state(session: Session, vm_id: str, state: VMState, reason: str = "") -> None:
+    """``update_vm`` for the hottest change, the observed state, in one statement."""
+    result = session.execute(
+        _SET_STATE, {"vm_id": vm_id, "state": state.value, "reason": reason, "now": utcnow()}
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise NotFound(f"vm {vm_id!r} not found")
 
 
 def update_vm(

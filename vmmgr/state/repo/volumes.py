@@ -9,10 +9,14 @@ from vmmgr.state.models import Volume, VolumeKind
 from vmmgr.state.repo._common import check_choice, get_or_404, insert
 
 
-def add_volume(session: Session, volume: Volume) -> Volume:
+def check_volume(volume: Volume) -> None:
     check_choice("kind", volume.kind, VolumeKind)
     if not volume.path:
         raise InvalidArgument("path", "a volume needs its path")
+
+
+def add_volume(session: Session, volume: Volume) -> Volume:
+    check_volume(volume)
     return insert(
         session,
         volume,
