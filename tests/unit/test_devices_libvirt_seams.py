@@ -126,3 +126,10 @@ def test_scan_skips_devices_that_vanish_and_reports_other_errors() -> None:
         node_device_xml(NoList())
     with pytest.raises(DriverError, match="connection closed"):
         LibvirtMdevBackend(NoList()).list()
+
+
+def test_the_libvirt_mdev_backend_connects_on_first_use() -> None:
+    """vmmgrd builds its local agent at start-up: a libvirtd that is down must not stop it."""
+    backend = LibvirtMdevBackend(uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    with pytest.raises(DriverError, match="connecting to qemu"):
+        backend.list()
