@@ -33,7 +33,8 @@ start() {  # start NAME [ARGS]: run NAME in the foreground under a detached subr
   fi
   command -v "$name" >/dev/null || { log "$name not installed (run scripts/install-deps.sh)"; return 1; }
   log "starting $name"
-  "$PY" "$REAPER" --daemon --log "$LOGDIR/$name.out" -- "$name" "$@"
+  # 9>&-: the daemon must not inherit (and hold for ever) the start-up lock
+  "$PY" "$REAPER" --daemon --log "$LOGDIR/$name.out" -- "$name" "$@" 9>&-
   local i
   for i in $(seq 1 100); do running "$name" && return 0; sleep 0.1; done
   log "$name did not come up; see $LOGDIR/$name.out"
