@@ -42,10 +42,8 @@ PLAN_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 # NVML facts stored in Device.nvml -> (metric, help)
 GPU_GAUGES: dict[str, tuple[str, str]] = {
     "utilization_gpu_pct": ("vmmgr_gpu_utilization_percent", "GPU utilisation (NVML)"),
-    "utilization_memory_pct": (
-        "vmmgr_gpu_memory_utilization_percent",
-        "GPU memory controller utilisation (NVML)",
-    ),
+    "utilization_memory_pct": ("vmmgr_gpu_memory_utilization_percent",
+                               "GPU memory controller utilisation (NVML)"),
     "memory_used_mib": ("vmmgr_gpu_memory_used_mib", "GPU framebuffer memory in use"),
     "memory_total_mib": ("vmmgr_gpu_memory_total_mib", "GPU framebuffer memory"),
     "temperature_c": ("vmmgr_gpu_temperature_celsius", "GPU temperature"),
@@ -85,36 +83,20 @@ class StoreCollector(Collector):
             out.append(vms)
 
             used: dict[str, tuple[int, int, int]] = {
-                str(h): (n, c, m)
-                for h, n, c, m in s.exec(
-                    select(
-                        VM.host,
-                        func.count(),
-                        func.coalesce(func.sum(VM.vcpus), 0),
-                        func.coalesce(func.sum(VM.memory_mib), 0),
-                    )
-                    .where(col(VM.host).is_not(None))
-                    .group_by(VM.host)
-                ).all()
+                str(h): (n, c, m) for h, n, c, m in s.exec(
+                    select(VM.host, func.count(), func.coalesce(func.sum(VM.vcpus), 0),
+                           func.coalesce(func.sum(VM.memory_mib), 0))
+                    .where(col(VM.host).is_not(None)).group_by(VM.host)).all()
             }
             out += self._hosts(list(s.exec(select(Host))), used, self._host_cpu(s))
             out += self._devices(list(s.exec(select(Device).where(col(Device.present)))))
 
-            ops = GaugeMetricFamily(
-                "vmmgr_operations",
-                "Operations in the store by kind and state",
-                labels=["kind", "state"],
-            )
-            migrations = GaugeMetricFamily(
-                "vmmgr_migrations",
-                "Migration operations in the store by kind and state",
-                labels=["kind", "state"],
-            )
-            for kind, state, n in s.exec(
-                select(Operation.kind, Operation.state, func.count()).group_by(
-                    Operation.kind, Operation.state
-                )
-            ).all():
+            ops = GaugeMetricFamily("vmmgr_operations", "Operations in the store by kind and "
+                                    "state", labels=["kind", "state"])
+            migrations = GaugeMetricFamily("vmmgr_migrations", "Migration operations in the "
+                                           "store by kind and state", labels=["kind", "state"])
+            for kind, state, n in s.exec(select(Operation.kind, Operation.state, func.count())
+                                         .group_by(Operation.kind, Operation.state)).all():
                 ops.add_metric([kind, state], n)
                 if "migrat" in kind:
                     migrations.add_metric([kind, state], n)
@@ -126,52 +108,39 @@ class StoreCollector(Collector):
 
     @staticmethod
     def _host_cpu(s: Any) -> dict[str, float]:
-        latest = (
-            select(HostSample.host, func.max(HostSample.time).label("t"))
-            .group_by(HostSample.host)
-            .subquery()
-        )
-        rows = s.exec(
-            select(HostSample.host, HostSample.cpu_util).join(
-                latest,
-                and_(col(HostSample.host) == latest.c.host, col(HostSample.time) == latest.c.t),
-            )
-        )
+        latest = (select(HostSample.host, func.max(HostSample.time).label("t"))
+                  .group_by(HostSample.host).subquery())
+        rows = s.exec(select(HostSample.host, HostSample.cpu_util).join(
+            latest, and_(col(HostSample.host) == latest.c.host,
+                         col(HostSample.time) == latest.c.t)))
         return {h: u for h, u in rows.all() if u is not None}
 
     @staticmethod
-    def _hosts(
-        hosts: list[Host], used: dict[str, tuple[int, int, int]], cpu: dict[str, float]
-    ) -> list[Metric]:
+    def _hosts(hosts: list[Host], used: dict[str, tuple[int, int, int]],
+               cpu: dict[str, float]) -> list[Metric]:
         by_state = GaugeMetricFamily("vmmgr_hosts", "Hosts by state", labels=["state"])
         counts: dict[str, int] = defaultdict(int)
         for state in ("up", "down", "maintenance"):
             counts[state] = 0
-        g = {
-            name: GaugeMetricFamily(name, help_, labels=["host"])
-            for name, help_ in (
-                ("vmmgr_host_up", "1 when vmmgr reaches the host's libvirt"),
-                ("vmmgr_host_maintenance", "1 when the host is in maintenance"),
-                ("vmmgr_host_vcpus", "Host logical CPUs"),
-                ("vmmgr_host_memory_mib", "Host memory"),
-                ("vmmgr_host_vms", "VMs placed on the host"),
-                ("vmmgr_host_used_vcpus", "vCPUs of the VMs placed on the host"),
-                ("vmmgr_host_used_memory_mib", "Memory of the VMs placed on the host"),
-                ("vmmgr_host_cpu_utilization", "Latest host CPU utilisation sample (0..1)"),
-            )
-        }
+        g = {name: GaugeMetricFamily(name, help_, labels=["host"]) for name, help_ in (
+            ("vmmgr_host_up", "1 when vmmgr reaches the host's libvirt"),
+            ("vmmgr_host_maintenance", "1 when the host is in maintenance"),
+            ("vmmgr_host_vcpus", "Host logical CPUs"),
+            ("vmmgr_host_memory_mib", "Host memory"),
+            ("vmmgr_host_vms", "VMs placed on the host"),
+            ("vmmgr_host_used_vcpus", "vCPUs of the VMs placed on the host"),
+            ("vmmgr_host_used_memory_mib", "Memory of the VMs placed on the host"),
+            ("vmmgr_host_cpu_utilization", "Latest host CPU utilisation sample (0..1)"),
+        )}
         for h in hosts:
             counts["maintenance" if h.maintenance else h.state] += 1
             n, c, m = used.get(h.name, (0, 0, 0))
-            for name, value in (
-                ("vmmgr_host_up", int(h.state == "up")),
-                ("vmmgr_host_maintenance", int(h.maintenance)),
-                ("vmmgr_host_vcpus", h.cpus),
-                ("vmmgr_host_memory_mib", h.memory_mib),
-                ("vmmgr_host_vms", n),
-                ("vmmgr_host_used_vcpus", c),
-                ("vmmgr_host_used_memory_mib", m),
-            ):
+            for name, value in (("vmmgr_host_up", int(h.state == "up")),
+                                ("vmmgr_host_maintenance", int(h.maintenance)),
+                                ("vmmgr_host_vcpus", h.cpus),
+                                ("vmmgr_host_memory_mib", h.memory_mib),
+                                ("vmmgr_host_vms", n), ("vmmgr_host_used_vcpus", c),
+                                ("vmmgr_host_used_memory_mib", m)):
                 g[name].add_metric([h.name], value)
             if h.name in cpu:
                 g["vmmgr_host_cpu_utilization"].add_metric([h.name], cpu[h.name])
@@ -182,13 +151,10 @@ class StoreCollector(Collector):
     @staticmethod
     def _devices(devices: list[Device]) -> list[Metric]:
         labels = ["device", "host", "kind", "model"]
-        health = GaugeMetricFamily(
-            "vmmgr_device_health", "1 for the device's current health", labels=[*labels, "health"]
-        )
-        gauges = {
-            key: GaugeMetricFamily(name, help_, labels=labels)
-            for key, (name, help_) in GPU_GAUGES.items()
-        }
+        health = GaugeMetricFamily("vmmgr_device_health", "1 for the device's current health",
+                                   labels=[*labels, "health"])
+        gauges = {key: GaugeMetricFamily(name, help_, labels=labels)
+                  for key, (name, help_) in GPU_GAUGES.items()}
         for d in devices:
             values = [d.id, d.host, d.kind, d.model]
             health.add_metric([*values, d.health], 1)
@@ -201,15 +167,12 @@ class StoreCollector(Collector):
 
     @staticmethod
     def _policies(rows: list[PolicyConfig]) -> list[Metric]:
-        enabled = GaugeMetricFamily(
-            "vmmgr_policy_enabled", "1 when the policy runs periodically", labels=["policy"]
-        )
-        last = GaugeMetricFamily(
-            "vmmgr_policy_last_run_timestamp_seconds", "When the policy last ran", labels=["policy"]
-        )
-        size = GaugeMetricFamily(
-            "vmmgr_policy_last_plan_actions", "Actions in the policy's last plan", labels=["policy"]
-        )
+        enabled = GaugeMetricFamily("vmmgr_policy_enabled", "1 when the policy runs "
+                                    "periodically", labels=["policy"])
+        last = GaugeMetricFamily("vmmgr_policy_last_run_timestamp_seconds",
+                                 "When the policy last ran", labels=["policy"])
+        size = GaugeMetricFamily("vmmgr_policy_last_plan_actions",
+                                 "Actions in the policy's last plan", labels=["policy"])
         for p in rows:
             enabled.add_metric([p.name], int(p.enabled))
             if p.last_run is not None:
@@ -222,22 +185,13 @@ class StoreCollector(Collector):
 
     @staticmethod
     def _projects(s: Any, rows: list[Project]) -> list[Metric]:
-        quota = GaugeMetricFamily(
-            "vmmgr_project_quota", "Project quota by resource", labels=["project", "resource"]
-        )
-        usage = GaugeMetricFamily(
-            "vmmgr_project_usage", "What a project's VMs hold", labels=["project", "resource"]
-        )
-        held = {
-            p: (c, m)
-            for p, c, m in s.exec(
-                select(
-                    VM.project,
-                    func.coalesce(func.sum(VM.vcpus), 0),
-                    func.coalesce(func.sum(VM.memory_mib), 0),
-                ).group_by(VM.project)
-            ).all()
-        }
+        quota = GaugeMetricFamily("vmmgr_project_quota", "Project quota by resource",
+                                  labels=["project", "resource"])
+        usage = GaugeMetricFamily("vmmgr_project_usage", "What a project's VMs hold",
+                                  labels=["project", "resource"])
+        held = {p: (c, m) for p, c, m in s.exec(
+            select(VM.project, func.coalesce(func.sum(VM.vcpus), 0),
+                   func.coalesce(func.sum(VM.memory_mib), 0)).group_by(VM.project)).all()}
         for p in rows:
             for key, value in sorted((p.quotas or {}).items()):
                 quota.add_metric([p.name, key], value)
@@ -267,45 +221,21 @@ class Metrics:
     def __init__(self, store: Store | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.rpc_requests = Counter(
-            "vmmgr_rpc_requests",
-            "RPCs handled, by method and status code",
-            ["method", "code"],
-            registry=r,
-        )
-        self.rpc_latency = Histogram(
-            "vmmgr_rpc_duration_seconds",
-            "RPC handling time",
-            ["method"],
-            buckets=RPC_BUCKETS,
-            registry=r,
-        )
+        self.rpc_requests = Counter("vmmgr_rpc_requests", "RPCs handled, by method and status "
+                                    "code", ["method", "code"], registry=r)
+        self.rpc_latency = Histogram("vmmgr_rpc_duration_seconds", "RPC handling time",
+                                     ["method"], buckets=RPC_BUCKETS, registry=r)
         self.rpc_in_flight = Gauge("vmmgr_rpc_in_flight", "RPCs being handled", registry=r)
-        self.auth_failures = Counter(
-            "vmmgr_auth_failures",
-            "Calls refused by authentication, authorization or quota",
-            ["code"],
-            registry=r,
-        )
-        self.audit_write_errors = Counter(
-            "vmmgr_audit_write_errors", "Audit records that could not be written", registry=r
-        )
-        self.policy_runs = Counter(
-            "vmmgr_policy_runs", "Policy runs by result", ["policy", "result"], registry=r
-        )
-        self.policy_plan_size = Histogram(
-            "vmmgr_policy_plan_actions",
-            "Actions per policy plan",
-            ["policy"],
-            buckets=PLAN_BUCKETS,
-            registry=r,
-        )
-        self.policy_duration = Histogram(
-            "vmmgr_policy_run_duration_seconds",
-            "Policy run time (plan and execute)",
-            ["policy"],
-            registry=r,
-        )
+        self.auth_failures = Counter("vmmgr_auth_failures", "Calls refused by authentication, "
+                                     "authorization or quota", ["code"], registry=r)
+        self.audit_write_errors = Counter("vmmgr_audit_write_errors", "Audit records that "
+                                          "could not be written", registry=r)
+        self.policy_runs = Counter("vmmgr_policy_runs", "Policy runs by result",
+                                   ["policy", "result"], registry=r)
+        self.policy_plan_size = Histogram("vmmgr_policy_plan_actions", "Actions per policy "
+                                          "plan", ["policy"], buckets=PLAN_BUCKETS, registry=r)
+        self.policy_duration = Histogram("vmmgr_policy_run_duration_seconds", "Policy run "
+                                         "time (plan and execute)", ["policy"], registry=r)
         if store is not None:
             r.register(StoreCollector(store))
 
@@ -323,24 +253,12 @@ class Metrics:
         """The text exposition format, as a scrape returns it."""
         return generate_latest(self.registry)
 
-    def serve(
-        self,
-        host: str,
-        port: int,
-        *,
-        certfile: str = "",
-        keyfile: str = "",
-        cafile: str = "",
-        client_auth: bool = False,
-    ) -> MetricsServer:
+    def serve(self, host: str, port: int, *, certfile: str = "", keyfile: str = "",
+              cafile: str = "", client_auth: bool = False) -> MetricsServer:
         """Serve /metrics over HTTP(S) in a daemon thread."""
         kw: dict[str, Any] = {}
         if certfile:
-            kw = {
-                "certfile": certfile,
-                "keyfile": keyfile,
-                "client_cafile": cafile or None,
-                "client_auth_required": client_auth,
-            }
+            kw = {"certfile": certfile, "keyfile": keyfile,
+                  "client_cafile": cafile or None, "client_auth_required": client_auth}
         httpd, thread = start_http_server(port, host, registry=self.registry, **kw)
         return MetricsServer(httpd, thread)

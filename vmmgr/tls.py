@@ -22,7 +22,7 @@ AUTH_MODES = ("auto", "on", "off")
 
 
 def split_host_port(listen: str) -> tuple[str, str]:
-    """ "[::1]:50051" -> ("::1", "50051"); "0.0.0.0:1" -> ("0.0.0.0", "1")."""
+    """"[::1]:50051" -> ("::1", "50051"); "0.0.0.0:1" -> ("0.0.0.0", "1")."""
     if listen.startswith("["):
         host, _, rest = listen[1:].partition("]")
         return host, rest.lstrip(":")
@@ -57,10 +57,8 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
     if not (config.tls_cert and config.tls_key):
         raise SystemExit("vmmgrd: tls_cert and tls_key go together: set both or neither")
     if config.client_auth and not config.tls_ca:
-        raise SystemExit(
-            "vmmgrd: client_auth (mTLS) needs tls_ca, the CA that signs client "
-            "certificates; set tls_ca or client_auth = false"
-        )
+        raise SystemExit("vmmgrd: client_auth (mTLS) needs tls_ca, the CA that signs client "
+                         "certificates; set tls_ca or client_auth = false")
     ca = _read(config.tls_ca, "tls_ca") if config.tls_ca else None
     return grpc.ssl_server_credentials(
         [(_read(config.tls_key, "tls_key"), _read(config.tls_cert, "tls_cert"))],
@@ -78,19 +76,12 @@ def check_transport(config: Config, listen: str) -> grpc.ServerCredentials | Non
                 f"vmmgrd: refusing to listen on {listen} without TLS. Set tls_cert and tls_key "
                 "(and tls_ca for client certificates; `vmmgr certs init DIR` makes a lab CA), "
                 "listen on a loopback address or unix socket, or pass --insecure to accept "
-                "plaintext from the network."
-            )
-        log.warning(
-            "INSECURE: vmmgrd serves plaintext gRPC on %s, reachable from the network; "
-            "tokens and VM data travel unencrypted (--insecure)",
-            listen,
-        )
+                "plaintext from the network.")
+        log.warning("INSECURE: vmmgrd serves plaintext gRPC on %s, reachable from the network; "
+                    "tokens and VM data travel unencrypted (--insecure)", listen)
     elif creds is not None and not config.client_auth and not is_local(listen):
-        log.warning(
-            "TLS without client certificates on %s (client_auth = false): only tokens "
-            "authenticate callers",
-            listen,
-        )
+        log.warning("TLS without client certificates on %s (client_auth = false): only tokens "
+                    "authenticate callers", listen)
     return creds
 
 
@@ -103,9 +94,7 @@ def auth_required(config: Config, listen: str) -> bool:
         return bool(listen) and not is_local(listen)
     if mode == "off" and listen and not is_local(listen):
         if not config.insecure:
-            raise SystemExit(
-                f"vmmgrd: auth = off while listening on {listen} lets anyone on "
-                "the network act as admin; pass --insecure to insist"
-            )
+            raise SystemExit(f"vmmgrd: auth = off while listening on {listen} lets anyone on "
+                             "the network act as admin; pass --insecure to insist")
         log.warning("INSECURE: authentication is off on %s (auth = off, --insecure)", listen)
     return mode == "on"

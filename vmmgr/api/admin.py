@@ -51,7 +51,7 @@ def quota_to_proto(quotas: dict[str, int]) -> admin_pb2.Quota:
     q = admin_pb2.Quota(vcpus=quotas.get("vcpus", 0), memory_mib=quotas.get("memory_mib", 0))
     for key, value in quotas.items():
         if key.startswith(GPU_PREFIX):
-            q.gpus[key[len(GPU_PREFIX) :]] = value
+            q.gpus[key[len(GPU_PREFIX):]] = value
     return q
 
 
@@ -60,27 +60,15 @@ def project_to_proto(p: Project) -> admin_pb2.Project:
 
 
 def token_to_proto(t: Token) -> admin_pb2.Token:
-    return admin_pb2.Token(
-        id=t.id,
-        name=t.name,
-        project=t.project,
-        role=ROLE_ENUM.get(t.role, 0),  # type: ignore[arg-type]
-        create_time=convert.ts(t.created_at),
-        revoked=t.revoked,
-    )
+    return admin_pb2.Token(id=t.id, name=t.name, project=t.project,
+                           role=ROLE_ENUM.get(t.role, 0),  # type: ignore[arg-type]
+                           create_time=convert.ts(t.created_at), revoked=t.revoked)
 
 
 def audit_to_proto(r: AuditRecord) -> admin_pb2.AuditRecord:
-    return admin_pb2.AuditRecord(
-        seq=r.seq or 0,
-        time=convert.ts(r.time),
-        principal=r.principal,
-        project=r.project,
-        method=r.method,
-        target=r.target,
-        result_code=r.result_code,
-        message=r.message,
-    )
+    return admin_pb2.AuditRecord(seq=r.seq or 0, time=convert.ts(r.time), principal=r.principal,
+                                 project=r.project, method=r.method, target=r.target,
+                                 result_code=r.result_code, message=r.message)
 
 
 def _project_of(s: Session, name: str) -> Project:
@@ -101,10 +89,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateTokenRequest, context: Ctx
     ) -> admin_pb2.CreateTokenResponse:
         if not TOKEN_NAME_RE.match(request.name):
-            raise InvalidArgument(
-                "name",
-                "1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit",
-            )
+            raise InvalidArgument("name", "1-64 letters, digits, '.', '_', '@' or '-', "
+                                  "starting with a letter or digit")
         role = ROLES.get(request.role, Role.VIEWER if not request.role else None)
         if role is None:
             raise InvalidArgument("role", f"unknown role {request.role}")
@@ -122,8 +108,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListTokensResponse:
         with self.store.read_session() as s:
             return admin_pb2.ListTokensResponse(
-                tokens=[token_to_proto(t) for t in repo.list_tokens(s)]
-            )
+                tokens=[token_to_proto(t) for t in repo.list_tokens(s)])
 
     def RevokeToken(
         self, request: admin_pb2.RevokeTokenRequest, context: Ctx
@@ -151,8 +136,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListProjectsResponse:
         with self.store.read_session() as s:
             return admin_pb2.ListProjectsResponse(
-                projects=[project_to_proto(p) for p in repo.list_projects(s)]
-            )
+                projects=[project_to_proto(p) for p in repo.list_projects(s)])
 
     def UpdateProject(
         self, request: admin_pb2.UpdateProjectRequest, context: Ctx
@@ -173,10 +157,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if request.after_seq < 0:
             raise InvalidArgument("after_seq", "must not be negative")
         with self.store.read_session() as s:
-            rows = repo.list_audit(
-                s,
-                since_seq=request.after_seq,
-                limit=request.limit or AUDIT_PAGE,
-                principal=request.principal or None,
-            )
+            rows = repo.list_audit(s, since_seq=request.after_seq,
+                                   limit=request.limit or AUDIT_PAGE,
+                                   principal=request.principal or None)
             return admin_pb2.ListAuditRecordsResponse(records=[audit_to_proto(r) for r in rows])

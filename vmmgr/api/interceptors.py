@@ -67,18 +67,8 @@ def printable(text: str, limit: int = AUDIT_TEXT_LIMIT) -> str:
 
 def audit_target(request: Any) -> str:
     """What a request acts on, for the audit log: the first naming field that is set."""
-    for path in (
-        "vm",
-        "name",
-        "id",
-        "host",
-        "device_id",
-        "address",
-        "spec.name",
-        "group.name",
-        "project.name",
-        "target",
-    ):
+    for path in ("vm", "name", "id", "host", "device_id", "address", "spec.name",
+                 "group.name", "project.name", "target"):
         msg = request
         for part in path.split("."):
             msg = getattr(msg, part, None)
@@ -124,14 +114,8 @@ class _Call:
 class ApiInterceptor(grpc.ServerInterceptor):
     """See the module docstring. ``auth_required`` False still honours a presented token."""
 
-    def __init__(
-        self,
-        store: Store,
-        metrics: Metrics | None = None,
-        *,
-        auth_required: bool = False,
-        audit: bool = True,
-    ) -> None:
+    def __init__(self, store: Store, metrics: Metrics | None = None, *,
+                 auth_required: bool = False, audit: bool = True) -> None:
         self.store = store
         self.metrics = metrics
         self.auth_required = auth_required
@@ -155,16 +139,12 @@ class ApiInterceptor(grpc.ServerInterceptor):
             inner_uu = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
                 lambda req, ctx: self._unary(method, md, inner_uu, req, ctx),
-                request_deserializer=deser,
-                response_serializer=ser,
-            )
+                request_deserializer=deser, response_serializer=ser)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
                 lambda req, ctx: self._stream(method, md, inner_us, req, ctx),
-                request_deserializer=deser,
-                response_serializer=ser,
-            )
+                request_deserializer=deser, response_serializer=ser)
         # client-streaming methods (none in vmmgr.v1 today): authorize, no request scoping
         inner_s = handler.stream_unary or handler.stream_stream
         assert inner_s is not None
@@ -180,22 +160,14 @@ class ApiInterceptor(grpc.ServerInterceptor):
 
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                streaming, request_deserializer=deser, response_serializer=ser
-            )
+                streaming, request_deserializer=deser, response_serializer=ser)
         return grpc.stream_stream_rpc_method_handler(
-            streaming, request_deserializer=deser, response_serializer=ser
-        )
+            streaming, request_deserializer=deser, response_serializer=ser)
 
     # ------------------------------------------------------------------ call shapes
 
-    def _unary(
-        self,
-        method: str,
-        md: Metadata,
-        inner: Callable[[Any, Any], Any],
-        request: Any,
-        context: grpc.ServicerContext,
-    ) -> Any:
+    def _unary(self, method: str, md: Metadata, inner: Callable[[Any, Any], Any],
+               request: Any, context: grpc.ServicerContext) -> Any:
         call = self._begin(method, md, context)
         call.request = request
         try:
@@ -206,9 +178,8 @@ class ApiInterceptor(grpc.ServerInterceptor):
                 response = inner(request, context)
             if call.who is not None and response is not None:
                 who = call.who
-                self._guard(
-                    call, context, lambda: scope_response(method, response, who, self.store)
-                )
+                self._guard(call, context,
+                            lambda: scope_response(method, response, who, self.store))
             op_id = getattr(getattr(response, "operation", None), "id", None)
             if isinstance(op_id, str) and op_id:
                 call.response_note = f"operation {op_id}"
@@ -217,14 +188,8 @@ class ApiInterceptor(grpc.ServerInterceptor):
         finally:
             self._end(call, context)
 
-    def _stream(
-        self,
-        method: str,
-        md: Metadata,
-        inner: Callable[[Any, Any], Iterator[Any]],
-        request: Any,
-        context: grpc.ServicerContext,
-    ) -> Iterator[Any]:
+    def _stream(self, method: str, md: Metadata, inner: Callable[[Any, Any], Iterator[Any]],
+                request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         call = self._begin(method, md, context)
         call.request = request
         try:
@@ -273,25 +238,18 @@ class ApiInterceptor(grpc.ServerInterceptor):
         if not perm.allows(who.role, call.method):
             raise PermissionDenied(
                 f"{perm.short_name(call.method)} needs role {need.value} or higher; "
-                f"{who.name!r} has role {who.role.value}"
-            )
+                f"{who.name!r} has role {who.role.value}")
         return who
 
-    def _before(
-        self, call: _Call, md: Metadata, request: Any, context: grpc.ServicerContext
-    ) -> None:
+    def _before(self, call: _Call, md: Metadata, request: Any,
+                context: grpc.ServicerContext) -> None:
         if request is MALFORMED:
             raise InvalidArgument("request", "the request message could not be parsed")
         who = self._authorize(call, md, context)
         scope_request(call.method, request, who, self.store)
 
-    def _create_vm(
-        self,
-        call: _Call,
-        inner: Callable[[Any, Any], Any],
-        request: Any,
-        context: grpc.ServicerContext,
-    ) -> Any:
+    def _create_vm(self, call: _Call, inner: Callable[[Any, Any], Any], request: Any,
+                   context: grpc.ServicerContext) -> Any:
         """The operation records this call's request id, so a retry with the same id finds
         it (the quota is checked by the VM service, under its placement lock)."""
         if call.generated_id and not request.request_id:
@@ -303,12 +261,8 @@ class ApiInterceptor(grpc.ServerInterceptor):
         if self.metrics is not None and exc.code in _REFUSALS:
             self.metrics.auth_failures.labels(exc.code).inc()
         if exc.code in _REFUSALS:
-            log.info(
-                "%s refused for %s: %s",
-                perm.short_name(call.method),
-                call.who.name if call.who else "unauthenticated",
-                exc,
-            )
+            log.info("%s refused for %s: %s", perm.short_name(call.method),
+                     call.who.name if call.who else "unauthenticated", exc)
         _abort(context, exc)
 
     def _end(self, call: _Call, context: grpc.ServicerContext) -> None:

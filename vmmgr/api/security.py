@@ -31,9 +31,8 @@ class ServerSecurity:
     auth_required: bool
 
 
-def prepare(
-    config: Config, store: Store, listen: str, metrics: Metrics | None = None
-) -> ServerSecurity:
+def prepare(config: Config, store: Store, listen: str,
+            metrics: Metrics | None = None) -> ServerSecurity:
     """Check the transport for ``listen`` (SystemExit with the reason when it is not allowed)
     and build the interceptor. ``metrics`` None makes a fresh registry for this server."""
     creds = tls.check_transport(config, listen)
@@ -41,17 +40,12 @@ def prepare(
     if config.admin_token_file:
         ensure_bootstrap_token(store, Path(config.admin_token_file))
     elif auth and not _has_admin(store):
-        log.warning(
-            "authentication is on but no admin token exists: set admin_token_file to bootstrap one"
-        )
+        log.warning("authentication is on but no admin token exists: set admin_token_file to "
+                    "bootstrap one")
     metrics = metrics if metrics is not None else Metrics(store)
-    log.info(
-        "API security: %s, tokens %s",
-        "TLS" + (" + client certificates" if creds is not None and config.client_auth else "")
-        if creds is not None
-        else "plaintext",
-        "required" if auth else "optional",
-    )
+    log.info("API security: %s, tokens %s", "TLS" + (" + client certificates"
+             if creds is not None and config.client_auth else "") if creds is not None
+             else "plaintext", "required" if auth else "optional")
     return ServerSecurity(ApiInterceptor(store, metrics, auth_required=auth), creds, metrics, auth)
 
 
@@ -95,17 +89,11 @@ def serve_metrics(config: Config, metrics: Metrics) -> MetricsServer | None:
     tls_kw: dict[str, object] = {}
     if not tls.is_local(config.metrics_listen):
         if config.tls_cert:
-            tls_kw = {
-                "certfile": config.tls_cert,
-                "keyfile": config.tls_key,
-                "cafile": config.tls_ca,
-                "client_auth": config.client_auth,
-            }
+            tls_kw = {"certfile": config.tls_cert, "keyfile": config.tls_key,
+                      "cafile": config.tls_ca, "client_auth": config.client_auth}
         elif not config.insecure:
-            raise SystemExit(
-                f"vmmgrd: refusing to serve metrics on {config.metrics_listen} "
-                "without TLS (set tls_cert/tls_key, or --insecure)"
-            )
+            raise SystemExit(f"vmmgrd: refusing to serve metrics on {config.metrics_listen} "
+                             "without TLS (set tls_cert/tls_key, or --insecure)")
         else:
             log.warning("INSECURE: metrics served in plaintext on %s", config.metrics_listen)
     try:
@@ -113,9 +101,6 @@ def serve_metrics(config: Config, metrics: Metrics) -> MetricsServer | None:
     except OSError as exc:
         log.error("cannot serve metrics on %s: %s", config.metrics_listen, exc)
         return None
-    log.info(
-        "metrics on http%s://%s/metrics",
-        "s" if tls_kw else "",
-        config.metrics_listen.rsplit(":", 1)[0] + f":{server.port}",
-    )
+    log.info("metrics on http%s://%s/metrics", "s" if tls_kw else "",
+             config.metrics_listen.rsplit(":", 1)[0] + f":{server.port}")
     return server

@@ -95,14 +95,8 @@ def ensure_bootstrap_token(store: Store, path: Path) -> None:
         with store.session() as s:
             known = s.exec(select(Token).where(Token.hash == digest)).first()
             if known is None:
-                s.add(
-                    Token(
-                        name=BOOTSTRAP_TOKEN_NAME,
-                        project="default",
-                        role=Role.ADMIN.value,
-                        hash=digest,
-                    )
-                )
+                s.add(Token(name=BOOTSTRAP_TOKEN_NAME, project="default",
+                            role=Role.ADMIN.value, hash=digest))
                 log.info("registered the admin token from %s", path)
             elif known.revoked:
                 log.warning("the admin token in %s was revoked; it stays revoked", path)

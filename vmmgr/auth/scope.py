@@ -48,9 +48,7 @@ def _check_vm_id(store: Store, vm_id: str, project: str, field: str) -> None:
         if owner is not None and owner != project:
             raise PermissionDenied(
                 f"vm {vm_id} belongs to another project; a token of project {project!r} "
-                "can only act on that project's VMs",
-                field=field,
-            )
+                "can only act on that project's VMs", field=field)
 
 
 def scope_request(method: str, request: Any, who: Principal, store: Store) -> None:

@@ -12,11 +12,8 @@ from vmmgr.cli import certs
 from vmmgr.cli import output as out
 from vmmgr.v1 import admin_pb2
 
-ROLE_NAMES = {
-    "viewer": admin_pb2.ROLE_VIEWER,
-    "operator": admin_pb2.ROLE_OPERATOR,
-    "admin": admin_pb2.ROLE_ADMIN,
-}
+ROLE_NAMES = {"viewer": admin_pb2.ROLE_VIEWER, "operator": admin_pb2.ROLE_OPERATOR,
+              "admin": admin_pb2.ROLE_ADMIN}
 
 
 class HasAdmin(Protocol):
@@ -53,25 +50,14 @@ def _show(args: argparse.Namespace, obj: Any, headers: list[str], rows: list[Any
 
 
 def token_create(args: argparse.Namespace, c: HasAdmin) -> int:
-    resp = c.admin.CreateToken(
-        admin_pb2.CreateTokenRequest(
-            name=args.name, project=args.project, role=ROLE_NAMES[args.role]
-        ),
-        timeout=c.timeout,
-    )
+    resp = c.admin.CreateToken(admin_pb2.CreateTokenRequest(
+        name=args.name, project=args.project, role=ROLE_NAMES[args.role]), timeout=c.timeout)
     if args.output == "json":
         out.print_json(resp)
         return 0
     t = resp.token
-    out.print_kv(
-        [
-            ("id", t.id),
-            ("name", t.name),
-            ("project", t.project),
-            ("role", _role(t.role)),
-            ("secret", resp.secret),
-        ]
-    )
+    out.print_kv([("id", t.id), ("name", t.name), ("project", t.project),
+                  ("role", _role(t.role)), ("secret", resp.secret)])
     sys.stderr.write("the secret is shown once; vmmgrd stores only its hash\n")
     return 0
 
@@ -81,15 +67,9 @@ TOKEN_HEADERS = ["ID", "NAME", "PROJECT", "ROLE", "CREATED", "REVOKED"]
 
 def token_list(args: argparse.Namespace, c: HasAdmin) -> int:
     ts = list(c.admin.ListTokens(admin_pb2.ListTokensRequest(), timeout=c.timeout).tokens)
-    return _show(
-        args,
-        ts,
-        TOKEN_HEADERS,
-        [
-            (t.id, t.name, t.project, _role(t.role), t.create_time.ToJsonString(), t.revoked)
-            for t in ts
-        ],
-    )
+    return _show(args, ts, TOKEN_HEADERS, [
+        (t.id, t.name, t.project, _role(t.role), t.create_time.ToJsonString(), t.revoked)
+        for t in ts])
 
 
 def token_revoke(args: argparse.Namespace, c: HasAdmin) -> int:
@@ -124,9 +104,8 @@ PROJECT_HEADERS = ["NAME", "QUOTA"]
 def project_create(args: argparse.Namespace, c: HasAdmin) -> int:
     p = admin_pb2.Project(name=args.name)
     _apply_quota(p.quota, args)
-    made = c.admin.CreateProject(
-        admin_pb2.CreateProjectRequest(project=p), timeout=c.timeout
-    ).project
+    made = c.admin.CreateProject(admin_pb2.CreateProjectRequest(project=p),
+                                 timeout=c.timeout).project
     return _show(args, made, PROJECT_HEADERS, [(made.name, _quota_text(made.quota))])
 
 
@@ -143,9 +122,8 @@ def project_set_quota(args: argparse.Namespace, c: HasAdmin) -> int:
     if current is not None and not args.clear:
         p.quota.CopyFrom(current.quota)
     _apply_quota(p.quota, args)
-    made = c.admin.UpdateProject(
-        admin_pb2.UpdateProjectRequest(project=p), timeout=c.timeout
-    ).project
+    made = c.admin.UpdateProject(admin_pb2.UpdateProjectRequest(project=p),
+                                 timeout=c.timeout).project
     return _show(args, made, PROJECT_HEADERS, [(made.name, _quota_text(made.quota))])
 
 
@@ -153,32 +131,13 @@ def project_set_quota(args: argparse.Namespace, c: HasAdmin) -> int:
 
 
 def audit_list(args: argparse.Namespace, c: HasAdmin) -> int:
-    rs = list(
-        c.admin.ListAuditRecords(
-            admin_pb2.ListAuditRecordsRequest(
-                after_seq=args.after, limit=args.limit, principal=args.principal or ""
-            ),
-            timeout=c.timeout,
-        ).records
-    )
-    return _show(
-        args,
-        rs,
-        ["SEQ", "TIME", "PRINCIPAL", "PROJECT", "METHOD", "TARGET", "RESULT", "MESSAGE"],
-        [
-            (
-                r.seq,
-                r.time.ToJsonString(),
-                r.principal,
-                r.project,
-                r.method,
-                r.target,
-                r.result_code,
-                r.message,
-            )
-            for r in rs
-        ],
-    )
+    rs = list(c.admin.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(
+        after_seq=args.after, limit=args.limit, principal=args.principal or ""),
+        timeout=c.timeout).records)
+    return _show(args, rs, ["SEQ", "TIME", "PRINCIPAL", "PROJECT", "METHOD", "TARGET", "RESULT",
+                            "MESSAGE"],
+                 [(r.seq, r.time.ToJsonString(), r.principal, r.project, r.method, r.target,
+                   r.result_code, r.message) for r in rs])
 
 
 # ---------------------------------------------------------------- certificates (local)
@@ -186,24 +145,17 @@ def audit_list(args: argparse.Namespace, c: HasAdmin) -> int:
 
 def certs_init(args: argparse.Namespace, _: Any) -> int:
     try:
-        paths = certs.init_lab(
-            Path(args.dir),
-            server_names=args.name or [],
-            client_name=args.client_name,
-            days=args.days,
-            force=args.force,
-        )
+        paths = certs.init_lab(Path(args.dir), server_names=args.name or [],
+                               client_name=args.client_name, days=args.days, force=args.force)
     except FileExistsError as exc:
         sys.stderr.write(f"vmmgr: {exc}\n")
         return 1
     for p in paths:
         print(p)
     d = Path(args.dir).resolve()
-    print(
-        f'\nvmmgrd: tls_cert = "{d}/server.pem", tls_key = "{d}/server-key.pem", '
-        f'tls_ca = "{d}/ca.pem"\nvmmgr:  ca = "{d}/ca.pem", cert = "{d}/client.pem", '
-        f'key = "{d}/client-key.pem"'
-    )
+    print(f"\nvmmgrd: tls_cert = \"{d}/server.pem\", tls_key = \"{d}/server-key.pem\", "
+          f"tls_ca = \"{d}/ca.pem\"\nvmmgr:  ca = \"{d}/ca.pem\", cert = \"{d}/client.pem\", "
+          f"key = \"{d}/client-key.pem\"")
     return 0
 
 
@@ -221,16 +173,14 @@ def certs_client(args: argparse.Namespace, _: Any) -> int:
 def add_commands(top: Any) -> None:
     """Register token, project, audit and certs under the top-level subparsers."""
 
-    def cmd(
-        sub: Any, name: str, fn: Handler, help_: str, local: bool = False
-    ) -> argparse.ArgumentParser:
+    def cmd(sub: Any, name: str, fn: Handler, help_: str, local: bool = False
+            ) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(fn=fn, local=local)
         return sp
 
     tp = top.add_parser("token", help="API tokens (admin)").add_subparsers(
-        dest="cmd", required=True
-    )
+        dest="cmd", required=True)
     sp = cmd(tp, "create", token_create, "create a token; prints its secret once")
     sp.add_argument("name")
     sp.add_argument("--project", default="default")
@@ -239,19 +189,14 @@ def add_commands(top: Any) -> None:
     cmd(tp, "revoke", token_revoke, "revoke a token").add_argument("id")
 
     pp = top.add_parser("project", help="projects and quotas (admin)").add_subparsers(
-        dest="cmd", required=True
-    )
+        dest="cmd", required=True)
 
     def quota_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("name")
         sp.add_argument("--vcpus", type=int, help="vCPU quota (0 = no limit)")
         sp.add_argument("--memory-mib", type=int, help="memory quota in MiB (0 = no limit)")
-        sp.add_argument(
-            "--gpu",
-            action="append",
-            metavar="MODEL=COUNT",
-            help="whole-GPU quota per model; MODEL=- removes it",
-        )
+        sp.add_argument("--gpu", action="append", metavar="MODEL=COUNT",
+                        help="whole-GPU quota per model; MODEL=- removes it")
 
     quota_args(cmd(pp, "create", project_create, "create a project"))
     cmd(pp, "list", project_list, "list projects and their quotas")
@@ -260,23 +205,22 @@ def add_commands(top: Any) -> None:
     sp.add_argument("--clear", action="store_true", help="drop the quotas not given")
 
     ap = top.add_parser("audit", help="the audit log (admin)").add_subparsers(
-        dest="cmd", required=True
-    )
+        dest="cmd", required=True)
     sp = cmd(ap, "list", audit_list, "audit records, oldest first")
     sp.add_argument("--after", type=int, default=0, help="only records after this seq")
     sp.add_argument("--limit", type=int, default=100)
     sp.add_argument("--principal")
 
     cp = top.add_parser("certs", help="lab certificates (local files)").add_subparsers(
-        dest="cmd", required=True
-    )
+        dest="cmd", required=True)
     sp = cmd(cp, "init", certs_init, "make a CA, a server and a client certificate", True)
     sp.add_argument("dir")
     sp.add_argument("--name", action="append", help="server DNS name or IP (repeatable)")
     sp.add_argument("--client-name", default="vmmgr-admin")
     sp.add_argument("--days", type=int, default=certs.DEFAULT_DAYS)
     sp.add_argument("--force", action="store_true")
-    sp = cmd(cp, "client", certs_client, "issue another client certificate from DIR's CA", True)
+    sp = cmd(cp, "client", certs_client, "issue another client certificate from DIR's CA",
+             True)
     sp.add_argument("name")
     sp.add_argument("--dir", required=True)
     sp.add_argument("--days", type=int, default=certs.DEFAULT_DAYS)

@@ -29,12 +29,8 @@ class Issued:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vmmgr lab"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vmmgr lab"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _alt_name(value: str) -> x509.GeneralName:
@@ -49,41 +45,24 @@ def make_ca(common_name: str = "vmmgr lab CA", days: int = DEFAULT_DAYS) -> Issu
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .subject_name(_name(common_name)).issuer_name(_name(common_name))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
         .sign(key, hashes.SHA256())
     )
     return Issued(key, cert)
 
 
-def issue(
-    ca: Issued,
-    common_name: str,
-    *,
-    server: bool,
-    names: Sequence[str] = (),
-    days: int = DEFAULT_DAYS,
-) -> Issued:
+def issue(ca: Issued, common_name: str, *, server: bool, names: Sequence[str] = (),
+          days: int = DEFAULT_DAYS) -> Issued:
     """A leaf certificate signed by ``ca``: server (TLS server auth, ``names`` as SANs) or
     client (TLS client auth; the common name is who the daemon logs and audits)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -91,23 +70,19 @@ def issue(
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .subject_name(_name(common_name)).issuer_name(ca.cert.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            ca.key.public_key()), critical=False)
     )
     alt = list(dict.fromkeys([*names, *(LOCAL_NAMES if server else ())]))
     if alt:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([_alt_name(n) for n in alt]), critical=False
-        )
+            x509.SubjectAlternativeName([_alt_name(n) for n in alt]), critical=False)
     return Issued(key, builder.sign(ca.key, hashes.SHA256()))
 
 
@@ -123,22 +98,11 @@ def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
 
 def write_pair(directory: Path, stem: str, issued: Issued, *, force: bool = False) -> None:
     """``stem``.pem (0644) and ``stem``-key.pem (0600) in ``directory``."""
-    _write(
-        directory / f"{stem}-key.pem",
-        issued.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-        force,
-    )
-    _write(
-        directory / f"{stem}.pem",
-        issued.cert.public_bytes(serialization.Encoding.PEM),
-        0o644,
-        force,
-    )
+    _write(directory / f"{stem}-key.pem", issued.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()), 0o600, force)
+    _write(directory / f"{stem}.pem", issued.cert.public_bytes(serialization.Encoding.PEM),
+           0o644, force)
 
 
 def load_ca(directory: Path) -> Issued:
@@ -148,14 +112,9 @@ def load_ca(directory: Path) -> Issued:
     return Issued(key, x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes()))
 
 
-def init_lab(
-    directory: Path,
-    *,
-    server_names: Sequence[str] = (),
-    client_name: str = "vmmgr-admin",
-    days: int = DEFAULT_DAYS,
-    force: bool = False,
-) -> list[Path]:
+def init_lab(directory: Path, *, server_names: Sequence[str] = (),
+             client_name: str = "vmmgr-admin", days: int = DEFAULT_DAYS,
+             force: bool = False) -> list[Path]:
     """CA, server and client certificates in ``directory``; the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     if not force:
@@ -163,30 +122,21 @@ def init_lab(
             for suffix in (".pem", "-key.pem"):
                 if (directory / f"{stem}{suffix}").exists():
                     raise FileExistsError(
-                        f"{directory / (stem + suffix)} exists (use --force to replace it)"
-                    )
+                        f"{directory / (stem + suffix)} exists (use --force to replace it)")
     ca = make_ca(days=days)
     server_cn = server_names[0] if server_names else "localhost"
     write_pair(directory, "ca", ca, force=force)
-    write_pair(
-        directory,
-        "server",
-        issue(ca, server_cn, server=True, names=server_names, days=days),
-        force=force,
-    )
-    write_pair(directory, "client", issue(ca, client_name, server=False, days=days), force=force)
-    return [
-        directory / f"{stem}{suffix}"
-        for stem in ("ca", "server", "client")
-        for suffix in (".pem", "-key.pem")
-    ]
+    write_pair(directory, "server", issue(ca, server_cn, server=True, names=server_names,
+                                          days=days), force=force)
+    write_pair(directory, "client", issue(ca, client_name, server=False, days=days),
+               force=force)
+    return [directory / f"{stem}{suffix}" for stem in ("ca", "server", "client")
+            for suffix in (".pem", "-key.pem")]
 
 
-def issue_client(
-    directory: Path, name: str, *, days: int = DEFAULT_DAYS, force: bool = False
-) -> list[Path]:
+def issue_client(directory: Path, name: str, *, days: int = DEFAULT_DAYS,
+                 force: bool = False) -> list[Path]:
     """Another client certificate from the CA in ``directory``: ``name``.pem / -key.pem."""
-    write_pair(
-        directory, name, issue(load_ca(directory), name, server=False, days=days), force=force
-    )
+    write_pair(directory, name, issue(load_ca(directory), name, server=False, days=days),
+               force=force)
     return [directory / f"{name}.pem", directory / f"{name}-key.pem"]

@@ -75,12 +75,8 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def load(
-    path: Path | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    flags: Mapping[str, Any] | None = None,
-) -> ClientConfig:
+def load(path: Path | None = None, *, env: Mapping[str, str] | None = None,
+         flags: Mapping[str, Any] | None = None) -> ClientConfig:
     """Merge the layers; ``path`` None = the default file if it exists. Flags that are None
     are not set."""
     env = os.environ if env is None else env
@@ -131,7 +127,8 @@ def _read_bytes(path: str, setting: str) -> bytes | None:
         raise ClientConfigError(f"cannot read {setting} {path}: {exc.strerror}") from None
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class _BearerToken(grpc.UnaryUnaryClientInterceptor,
+                   grpc.UnaryStreamClientInterceptor):
     """Adds ``authorization: Bearer <token>`` to every call (plaintext local channels too,
     where grpc's call credentials refuse to go)."""
 
@@ -140,23 +137,16 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def _with_token(self, details: Any) -> Any:
         md = [*(details.metadata or ()), self._md]
-        return _Details(
-            details.method,
-            details.timeout,
-            md,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
+        return _Details(details.method, details.timeout, md, details.credentials,
+                        getattr(details, "wait_for_ready", None),
+                        getattr(details, "compression", None))
 
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any,
+                              request: Any) -> Any:
         return continuation(self._with_token(details), request)
 
-    def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any,
+                               request: Any) -> Any:
         return continuation(self._with_token(details), request)
 
 

@@ -42,16 +42,12 @@ class PostgresAdvisoryLease:
             try:
                 if self._conn is None:
                     self._conn = self.store.engine.connect().execution_options(
-                        isolation_level="AUTOCOMMIT"
-                    )
+                        isolation_level="AUTOCOMMIT")
                 if self._held:
                     self._conn.execute(text("SELECT 1"))  # still connected = still holding it
                     return True
-                self._held = bool(
-                    self._conn.execute(
-                        text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}
-                    ).scalar()
-                )
+                self._held = bool(self._conn.execute(
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar())
                 if self._held:
                     log.info("this vmmgrd is now the policy leader")
                 return self._held
