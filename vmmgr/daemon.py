@@ -44,7 +44,7 @@ from vmmgr.scheduler import Scheduler
 from vmmgr.services.accelerators import Accelerators
 from vmmgr.services.connections import ConnectionManager
 from vmmgr.services.devices import AgentFactory, DeviceService
-from vmmgr.services.events import EventBus, EventRecord
+from vmmgr.services.events import EventBus, EventRecord, store_event
 from vmmgr.services.groups import GroupService
 from vmmgr.services.hosts import HostService
 from vmmgr.services.images import ImageService
@@ -171,16 +171,7 @@ def build_core(
 
     def persist(rec: EventRecord) -> int:
         with store.session() as s:
-            ev = repo.append_event(
-                s,
-                rec.kind,
-                rec.resource,
-                rec.message,
-                severity=rec.severity,
-                attributes=rec.attributes,
-                time=rec.time,
-            )
-            return int(ev.seq or 0)
+            return store_event(s, rec)
 
     events = EventBus(persist)
     ops = Operations(store, events, workers=config.operation_workers)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import drivers.hypervisor.libvirt.seed as seed_module
 from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtConnection, LibvirtHypervisor, test_uri
 from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
 from drivers.hypervisor.libvirt.seed import (
@@ -243,7 +243,7 @@ def test_seed_without_an_iso_tool_leaves_no_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(seed_module, "scratch_root", lambda: str(tmp_path))
     with pytest.raises(FailedPrecondition):
         SeedIsoBuild("a", "b")
     assert not list(tmp_path.glob("vmmgr-seed-*"))

@@ -4,7 +4,6 @@ in-process daemon (libvirt test driver) with tokens required (auth = "on")."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from drivers.hypervisor.libvirt.seed import scratch_root
 from tests.harness import TEST_NODE_XML, Daemon, make_qcow2, running_daemon, test_config
 from tests.libvirt.fuzz_messages import Rpc, all_rpcs
 from vmmgr.auth.permissions import MUTATING, PERMISSIONS
@@ -249,11 +249,11 @@ def test_quotas_are_enforced_on_create_with_a_clear_message(sec: Secured) -> Non
     assert trailing["vmmgr-error-field"] == "spec.vcpus" and trailing["vmmgr-detail-limit"] == "3"
     # a create that does not come through the API (a scale group's) is held to it as well,
     # and leaves nothing behind: no row, no seed build
-    seeds_before = set(Path(tempfile.gettempdir()).glob("vmmgr-seed-*"))
+    seeds_before = set(Path(scratch_root()).glob("vmmgr-seed-*"))
     with pytest.raises(ResourceExhausted):
         sec.d.core.vms.create(VmCreate(name="scaled", vcpus=1, memory_mib=64, project="team",
                                        disks=(DiskRequest(image="base"),)))
-    assert set(Path(tempfile.gettempdir()).glob("vmmgr-seed-*")) <= seeds_before
+    assert set(Path(scratch_root()).glob("vmmgr-seed-*")) <= seeds_before
     with sec.d.core.store.read_session() as s:
         assert not vm_repo.name_taken(s, "scaled", "team")
     # another project is not limited by team's quota

@@ -76,7 +76,7 @@ def project_demand(session: Session, project: str) -> Demand:
 
 def check_quota(session: Session, project: str, wanted: Demand) -> None:
     """Raise ResourceExhausted naming the first quota ``wanted`` would exceed."""
-    row = session.get(Project, project)
+    row = repo.read_row(session, Project, project)
     if row is None or not row.quotas:
         return
     found = violations(row.quotas, project_demand(session, project), wanted)

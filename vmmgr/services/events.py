@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -9,6 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlmodel import Session
+
+from vmmgr.state import repo
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +27,27 @@ class EventRecord:
     attributes: dict[str, str] = field(default_factory=dict)
     seq: int = 0
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _record(
+    kind: str, resource: str, message: str, severity: str, attributes: dict[str, Any]
+) -> EventRecord:
+    attrs = {k: str(v) for k, v in attributes.items()}
+    return EventRecord(kind, resource, message, severity, attrs)
+
+
+def store_event(session: Session, rec: EventRecord) -> int:
+    """Append ``rec`` to the event log in ``session``'s transaction; its sequence number."""
+    ev = repo.append_event(
+        session,
+        rec.kind,
+        rec.resource,
+        rec.message,
+        severity=rec.severity,
+        attributes=rec.attributes,
+        time=rec.time,
+    )
+    return int(ev.seq or 0)
 
 
 def matches(event: EventRecord, kinds: list[str], resource: str) -> bool:
@@ -48,23 +74,38 @@ class EventBus:
     def publish(
         self, kind: str, resource: str, message: str, *, severity: str = "info", **attributes: Any
     ) -> EventRecord:
-        rec = EventRecord(
-            kind, resource, message, severity, {k: str(v) for k, v in attributes.items()}
-        )
+        rec = _record(kind, resource, message, severity, attributes)
         try:
             seq = self._persist(rec)
         except Exception:  # an event must never break the action that emitted it
             log.exception("could not store event %s %s", kind, resource)
             seq = 0
-        rec = EventRecord(
-            rec.kind, rec.resource, rec.message, rec.severity, rec.attributes, seq, rec.time
-        )
+        rec = dataclasses.replace(rec, seq=seq)
+        self.fan_out(rec)
+        return rec
+
+    def publish_in(
+        self,
+        session: Session,
+        kind: str,
+        resource: str,
+        message: str,
+        *,
+        severity: str = "info",
+        **attributes: Any,
+    ) -> EventRecord:
+        """Store the event in the caller's transaction, so it commits with the change it tells
+        of (and costs no transaction of its own); ``fan_out`` the result after the commit."""
+        rec = _record(kind, resource, message, severity, attributes)
+        return dataclasses.replace(rec, seq=store_event(session, rec))
+
+    def fan_out(self, rec: EventRecord) -> None:
+        """Hand a stored event to the watchers."""
         with self._lock:
             subs = list(self._subscribers)
         for q in subs:
             q.put(rec)
-        log.info("event %s %s: %s", kind, resource, message)
-        return rec
+        log.info("event %s %s: %s", rec.kind, rec.resource, rec.message)
 
     def subscribe(self) -> queue.Queue[EventRecord | None]:
         q: queue.Queue[EventRecord | None] = queue.Queue(maxsize=10_000)

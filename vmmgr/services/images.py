@@ -17,7 +17,7 @@ from vmmgr.requests import check_name, check_text
 from vmmgr.services.connections import ConnectionManager
 from vmmgr.services.events import EventBus
 from vmmgr.services.operations import OperationContext, Operations
-from vmmgr.state import Store
+from vmmgr.state import Store, repo
 from vmmgr.state.models import VM, Image, ImageReplica, Operation
 from vmmgr.state.repo import images as image_repo
 from vmmgr.undo import UndoStack
@@ -55,7 +55,7 @@ class ImageService:
     def lookup(session: Session, name: str, *, field: str = "name") -> Image:
         """The image ``name`` read in the caller's transaction; NotFound naming ``field``."""
         check_name(field, name)
-        image = session.get(Image, name)
+        image = repo.read_row(session, Image, name)
         if image is None:
             raise NotFound(f"image {name!r} not found (vmmgr image list)", field=field)
         return image

@@ -393,6 +393,15 @@ class VMService:
                 with self.store.session() as s:
                     vm_repo.set_vm_state(s, vm_id, state)
                     ctx.succeed_in(s, result)
+                    created = self.events.publish_in(
+                        s,
+                        "vm.created",
+                        vm_id,
+                        f"vm {vm.name} created on {host}",
+                        name=vm.name,
+                        host=host,
+                        state=state.value,
+                    )
         except BaseException as exc:
             self._forget(vm_id)
             self.events.publish(
@@ -406,14 +415,7 @@ class VMService:
             raise
         finally:
             seed_file.discard()
-        self.events.publish(
-            "vm.created",
-            vm_id,
-            f"vm {vm.name} created on {host}",
-            name=vm.name,
-            host=host,
-            state=state.value,
-        )
+        self.events.fan_out(created)
         return result
 
     def _volume(

@@ -6,6 +6,8 @@ written to a temporary directory; the caller uploads it into a storage pool (``i
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -28,6 +30,15 @@ def _iso_command(output: str) -> list[str]:
     raise FailedPrecondition("no ISO tool found (install genisoimage or xorriso)")
 
 
+@functools.cache
+def scratch_root() -> str:
+    """Where seeds are built: tmpfs when there is one. The files live for milliseconds, and on a
+    disk file system creating and unlinking them costs more than building the ISO."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
 class SeedIsoBuild:
     """An ISO tool building a NoCloud seed in the background (vmmgr.ports.PendingFile).
 
@@ -39,11 +50,12 @@ class SeedIsoBuild:
         self, meta_data: str, user_data: str, network_config: str = "", *, workdir: str = ""
     ) -> None:
         self._own_dir = not workdir
-        self._dir = workdir or tempfile.mkdtemp(prefix="vmmgr-seed-")
+        self._dir = workdir or tempfile.mkdtemp(prefix="vmmgr-seed-", dir=scratch_root())
         files = {"meta-data": meta_data, "user-data": user_data}
         if network_config:
             files["network-config"] = network_config
-        paths = []
+        paths: list[str] = []
+        self._written = paths  # what _remove_dir unlinks: cheaper than a tree walk
         try:
             for name, content in files.items():
                 path = os.path.join(self._dir, name)
@@ -51,6 +63,7 @@ class SeedIsoBuild:
                     f.write(content)
                 paths.append(path)
             self.path = os.path.join(self._dir, "seed.iso")
+            self._written = [*paths, self.path]
             cmd = _iso_command(self.path) + paths
             self._tool = os.path.basename(cmd[0])
             self._proc = subprocess.Popen(
@@ -91,7 +104,14 @@ class SeedIsoBuild:
         self._remove_dir()
 
     def _remove_dir(self) -> None:
-        if self._own_dir:
+        if not self._own_dir:
+            return
+        for path in self._written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        try:
+            os.rmdir(self._dir)
+        except OSError:  # something else appeared in it: remove it all
             shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """Typed queries the services use; every function takes an open Session (from
 ``Store.session()``) and raises vmmgr.errors on failure. Import from here or the modules."""
 
-from vmmgr.state.repo._common import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
+from vmmgr.state.repo._common import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, read_row
 from vmmgr.state.repo.auth import (
     MAX_AUDIT_PAGE,
     TOKEN_PREFIX,
@@ -160,6 +160,7 @@ __all__ = [
     "add_vm",
     "add_volume",
     "append_audit",
+    "read_row",
     "append_device_samples",
     "append_event",
     "append_host_samples",

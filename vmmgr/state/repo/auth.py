@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from vmmgr.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from vmmgr.state.models import VM, AuditRecord, Project, Role, Token
-from vmmgr.state.repo._common import check_choice, get_or_404, insert
+from vmmgr.state.repo._common import check_choice, get_or_404, insert, insert_rows
 from vmmgr.state.types import utcnow
 
 TOKEN_PREFIX = "vmm_"
@@ -137,8 +137,7 @@ def append_audit(
         result_code=result_code,
         message=message,
     )
-    session.add(rec)
-    session.flush()
+    rec.seq = insert_rows(session, AuditRecord, [rec]).inserted_primary_key[0]
     return rec
 
 

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from vmmgr.errors import InvalidArgument
 from vmmgr.state.models import Event
-from vmmgr.state.repo._common import check_choice
+from vmmgr.state.repo._common import check_choice, insert_rows
 from vmmgr.state.types import utcnow
 
 MAX_EVENT_PAGE = 10_000
@@ -37,8 +37,7 @@ def append_event(
         attributes=dict(attributes or {}),
         time=time or utcnow(),
     )
-    session.add(ev)
-    session.flush()  # assigns seq
+    ev.seq = insert_rows(session, Event, [ev]).inserted_primary_key[0]
     return ev
 
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from vmmgr.errors import FailedPrecondition, InvalidArgument, VmmgrError
+from vmmgr.errors import FailedPrecondition, InvalidArgument, NotFound, VmmgrError
 from vmmgr.state.models import Operation, OperationState
-from vmmgr.state.repo._common import check_choice, get_or_404
+from vmmgr.state.repo._common import check_choice, get_or_404, insert_rows, read_row
 from vmmgr.state.types import utcnow
 
+_OP = Operation.__table__  # type: ignore[attr-defined]
 _UNFINISHED = (OperationState.PENDING.value, OperationState.RUNNING.value)
 RESTART_MESSAGE = "vmmgrd restarted before the operation finished"
 
@@ -29,7 +31,7 @@ def create_operation(
     if not kind:
         raise InvalidArgument("kind", "an operation needs a kind")
     op = Operation(kind=kind, target=target, request_id=request_id, message=message)
-    session.add(op)  # its id is a fresh uuid4: written with the caller's next flush
+    insert_rows(session, Operation, [op])
     return op
 
 
@@ -37,16 +39,21 @@ def get_operation(session: Session, op_id: str) -> Operation:
     return get_or_404(session, Operation, op_id, "operation")
 
 
-def find_operation_by_request_id(
-    session: Session, request_id: str, *, kind: str | None = None
-) -> Operation | None:
+_BY_REQUEST_ID = (
+    sa_select(_OP)
+    .where(_OP.c.request_id == bindparam("request_id"))
+    .order_by(_OP.c.created_at.desc())
+    .limit(1)
+)
+
+
+def find_operation_by_request_id(session: Session, request_id: str) -> Operation | None:
     """The operation a retried request already started (idempotency), newest first."""
     if not request_id:
         return None
-    q = select(Operation).where(Operation.request_id == request_id)
-    if kind is not None:
-        q = q.where(Operation.kind == kind)
-    return session.exec(q.order_by(col(Operation.created_at).desc())).first()
+    row = session.connection().execute(_BY_REQUEST_ID, {"request_id": request_id})
+    found = row.mappings().first()
+    return None if found is None else Operation(**found)
 
 
 def list_operations(
@@ -103,6 +110,24 @@ def update_operation(
     return op
 
 
+_FINISHED = (  # the columns finishing sets
+    "state",
+    "progress",
+    "message",
+    "error_code",
+    "error_message",
+    "error_field",
+    "result",
+    "updated_at",
+    "finished_at",
+)
+_FINISH = (
+    update(_OP)
+    .where(_OP.c.id == bindparam("op_id"), _OP.c.state.in_(_UNFINISHED))
+    .values({name: bindparam(f"new_{name}") for name in _FINISHED})
+)
+
+
 def finish_operation(
     session: Session,
     op_id: str,
@@ -112,7 +137,10 @@ def finish_operation(
     message: str | None = None,
     result: Mapping[str, str] | None = None,
 ) -> Operation:
-    """Move an operation to succeeded / failed / cancelled (once; finished is final)."""
+    """Move an operation to succeeded / failed / cancelled (once; finished is final).
+
+    Two Core statements (every operation ends here): the row is read, then updated only if
+    still unfinished, so two finishers cannot both win. The returned row is detached."""
     check_choice(
         "state",
         state,
@@ -120,7 +148,11 @@ def finish_operation(
     )
     if state == OperationState.FAILED and error is None:
         raise InvalidArgument("error", "a failed operation needs its error")
-    op = _unfinished(session, op_id)
+    op = read_row(session, Operation, op_id)
+    if op is None:
+        raise NotFound(f"operation {op_id!r} not found")
+    if op.state not in _UNFINISHED:
+        raise FailedPrecondition(f"operation {op_id!r} already {op.state}")
     now = utcnow()
     op.state = state
     if state == OperationState.SUCCEEDED:
@@ -135,7 +167,10 @@ def finish_operation(
         op.result = {**op.result, **result}
     op.updated_at = now
     op.finished_at = now
-    session.flush()
+    values = {f"new_{k}": getattr(op, k) for k in _FINISHED}
+    done = session.connection().execute(_FINISH, {"op_id": op_id, **values})
+    if done.rowcount != 1:
+        raise FailedPrecondition(f"operation {op_id!r} finished meanwhile")
     return op
 
 

@@ -28,6 +28,7 @@ from vmmgr.state.repo._common import (
     decode_token,
     encode_token,
     get_or_404,
+    insert_rows,
     violation_kind,
 )
 from vmmgr.state.repo._common import (
@@ -61,22 +62,29 @@ def _set_labels(session: Session, vm_id: str, labels: Mapping[str, str]) -> None
 
 
 def add_vm(session: Session, vm: VM, volumes: Collection[Volume] = ()) -> VM:
-    """Insert a new VM with its labels and ``volumes`` in one flush (one SAVEPOINT: a taken
-    name is AlreadyExists and leaves the caller's transaction usable)."""
+    """Insert a new VM with its labels and ``volumes`` (one SAVEPOINT: a taken name is
+    AlreadyExists, an unknown host NotFound, and the caller's transaction stays usable)."""
     _check_values({"state": vm.state, "desired_power": vm.desired_power})
-    _check_host(session, vm.host)
     for volume in volumes:
         check_volume(volume)
     vm.labels = dict(vm.labels)
     try:
         with session.begin_nested():
-            session.add(vm)
-            session.add_all(VMLabel(vm_id=vm.id, key=k, value=v) for k, v in vm.labels.items())
-            session.add_all(volumes)
-            session.flush()
+            insert_rows(session, VM, [vm])
+            if vm.labels:
+                insert_rows(
+                    session,
+                    VMLabel,
+                    [VMLabel(vm_id=vm.id, key=k, value=v) for k, v in vm.labels.items()],
+                )
+            if volumes:
+                insert_rows(session, Volume, volumes)
     except IntegrityError as e:
-        if violation_kind(e) == "unique":
+        kind = violation_kind(e)
+        if kind == "unique":
             raise _duplicate(vm.name, vm.project) from e
+        if kind == "foreign_key" and vm.host is not None:  # the one reference a new VM has
+            raise NotFound(f"host {vm.host!r} not found", field="host") from e
         raise
     return vm
 
@@ -182,25 +190,25 @@ def project_usage(session: Session, project: str) -> Usage:
     return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+_VM = VM.__table__  # type: ignore[attr-defined]
 _SET_STATE = (
-    update(VM)
-    .where(col(VM.id) == bindparam("vm_id"))
+    update(_VM)
+    .where(_VM.c.id == bindparam("vm_id"))
     .values(
-        state=bindparam("state"),
+        state=bindparam("new_state"),
         state_reason=bindparam("reason"),
-        generation=col(VM.generation) + 1,
+        generation=_VM.c.generation + 1,
         updated_at=bindparam("now"),
     )
-    .execution_options(synchronize_session=False)
 )
 
 
 def set_vm_state(session: Session, vm_id: str, state: VMState, reason: str = "") -> None:
     """``update_vm`` for the hottest change, the observed state, in one statement."""
-    result = session.execute(
-        _SET_STATE, {"vm_id": vm_id, "state": state.value, "reason": reason, "now": utcnow()}
+    result = session.connection().execute(
+        _SET_STATE, {"vm_id": vm_id, "new_state": state.value, "reason": reason, "now": utcnow()}
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         raise NotFound(f"vm {vm_id!r} not found")
 
 
