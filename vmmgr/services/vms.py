@@ -231,29 +231,29 @@ class VMService:
         # The seed depends on the request alone: its ISO tool runs on another core meanwhile.
         seed = self.seeds.build_seed(*cloud_init_documents(vm_id, req))
         try:
-            # One lock and one read for every check: the quota, the name and the placement
-            # all hold until the VM row is committed, so concurrent creates cannot both pass.
-            with self._place_lock:
-                with self.store.read_session() as s:
-                    if request_id:
-                        prior = repo.find_operation_by_request_id(s, request_id)
-                        if prior is not None:
-                            seed.discard()
-                            return prior
-                    check_quota(s, req.project, demand_of(req))
-                    for i, disk in enumerate(req.disks):
-                        ImageService.lookup(s, disk.image, field=f"spec.disks[{i}].image")
-                    for i, group in enumerate(req.groups):
-                        if s.get(PlacementGroup, group) is None:
-                            raise NotFound(
-                                f"placement group {group!r} not found", field=f"spec.groups[{i}]"
-                            )
-                    if vm_repo.name_taken(s, req.name, req.project):
-                        raise AlreadyExists(
-                            f"vm {req.name!r} already exists in project {req.project!r}",
-                            field="spec.name",
+            # One lock and one transaction for every check and the VM row: the quota, the
+            # name and the placement all hold until the row is committed, so concurrent
+            # creates cannot both pass.
+            with self._place_lock, self.store.session() as s:
+                if request_id:
+                    prior = repo.find_operation_by_request_id(s, request_id)
+                    if prior is not None:
+                        seed.discard()
+                        return prior
+                check_quota(s, req.project, demand_of(req))
+                for i, disk in enumerate(req.disks):
+                    ImageService.lookup(s, disk.image, field=f"spec.disks[{i}].image")
+                for i, group in enumerate(req.groups):
+                    if s.get(PlacementGroup, group) is None:
+                        raise NotFound(
+                            f"placement group {group!r} not found", field=f"spec.groups[{i}]"
                         )
-                    snap = build_snapshot(s, placement_only=True)
+                if vm_repo.name_taken(s, req.name, req.project):
+                    raise AlreadyExists(
+                        f"vm {req.name!r} already exists in project {req.project!r}",
+                        field="spec.name",
+                    )
+                snap = build_snapshot(s, placement_only=True)
                 check_known(req, snap, self.accel.fpga_profiles)
                 placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
                 if placement.host is None:
@@ -261,39 +261,38 @@ class VMService:
                 host = placement.host
                 claims = claim_requests(placement, snap)
                 numa = numa_node(placement, snap)
-                with self.store.session() as s:
-                    vm = vm_repo.add_vm(
-                        s,
-                        VM(
-                            id=vm_id,
-                            name=req.name,
-                            project=req.project,
-                            owner=owner,
-                            description=req.description,
-                            host=host,
-                            vcpus=req.vcpus,
-                            memory_mib=req.memory_mib,
-                            disk_gib=sum(d.size_gib for d in req.disks),
-                            image=req.disks[0].image,
-                            spec=req.to_json(),
-                            desired_power=(
-                                PowerState.RUNNING if req.start else PowerState.STOPPED
-                            ).value,
-                            state=VMState.CREATING.value,
-                            labels=dict(req.labels),
-                            ha=req.ha,
-                            ha_priority=req.ha_priority,
-                            domain_uuid=vm_id,
-                        ),
-                        self._volume_rows(vm_id, host, req),
-                    )
-                    if claims:
-                        repo.claim_devices(s, vm_id, claims)
-                    if req.groups:
-                        repo.set_vm_groups(s, vm_id, req.groups)
-                    op = self.ops.record(
-                        s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
-                    )
+                vm = vm_repo.add_vm(
+                    s,
+                    VM(
+                        id=vm_id,
+                        name=req.name,
+                        project=req.project,
+                        owner=owner,
+                        description=req.description,
+                        host=host,
+                        vcpus=req.vcpus,
+                        memory_mib=req.memory_mib,
+                        disk_gib=sum(d.size_gib for d in req.disks),
+                        image=req.disks[0].image,
+                        spec=req.to_json(),
+                        desired_power=(
+                            PowerState.RUNNING if req.start else PowerState.STOPPED
+                        ).value,
+                        state=VMState.CREATING.value,
+                        labels=dict(req.labels),
+                        ha=req.ha,
+                        ha_priority=req.ha_priority,
+                        domain_uuid=vm_id,
+                    ),
+                    self._volume_rows(vm_id, host, req),
+                )
+                if claims:
+                    repo.claim_devices(s, vm_id, claims)
+                if req.groups:
+                    repo.set_vm_groups(s, vm_id, req.groups)
+                op = self.ops.record(
+                    s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
+                )
         except BaseException:
             seed.discard()
             raise

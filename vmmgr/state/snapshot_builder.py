@@ -11,7 +11,7 @@ Counting conservatively can only make placement refuse, never overcommit.
 process exists). Devices: only ``present`` devices appear; ``claimed_by`` is the VM holding the
 whole device; a VM holding any device claim is not live-migratable.
 
-Speed: one column-only query per table (no ORM objects, no JSON spec decoding for VMs), so a
+Speed: one Core query per table (no ORM objects, no JSON spec decoding for VMs), so a
 snapshot of 10,000 VMs costs a few table scans.
 """
 
@@ -100,8 +100,10 @@ _USAGE = (
     .where(col(VM.host).is_not(None))
     .group_by(col(VM.host))
 )
-_DEVICES = select(Device).where(col(Device.present).is_(True)).order_by(col(Device.id))
-_HOSTS = select(Host).order_by(col(Host.name))
+_DEVICE_T = Device.__table__  # type: ignore[attr-defined]
+_DEVICES = sa_select(_DEVICE_T).where(_DEVICE_T.c.present.is_(True)).order_by(_DEVICE_T.c.id)
+_HOST_T = Host.__table__  # type: ignore[attr-defined]
+_HOSTS = sa_select(_HOST_T).order_by(_HOST_T.c.name)
 
 
 def _mig_snap(mig: dict[str, Any], claimed_profiles: list[str]) -> MigSnap | None:
@@ -138,12 +140,13 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     with the number of VMs: per-host usage is summed by the database, ``vms`` holds only VMs in
     placement groups (for affinity) and ``HostSnap.vms`` is empty.
     """
+    conn = session.connection()  # Core rows only: no ORM objects, no identity map
     # ---- claims, indexed both ways
     whole_by_device: dict[str, str] = {}
     mdev_by_device: dict[str, list[str]] = defaultdict(list)
     mig_by_device: dict[str, list[str]] = defaultdict(list)
     claims_by_vm: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
-    for vm_id, dev_id, kind, mdev_type, mig_profile in session.execute(_CLAIMS):
+    for vm_id, dev_id, kind, mdev_type, mig_profile in conn.execute(_CLAIMS):
         claims_by_vm[vm_id].append((dev_id, kind, mdev_type, mig_profile))
         if kind == ClaimKind.PCI:
             whole_by_device[dev_id] = vm_id
@@ -155,12 +158,12 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     # ---- groups
     members: dict[str, set[str]] = defaultdict(set)
     groups_by_vm: dict[str, list[str]] = defaultdict(list)
-    for vm_id, group in session.execute(_MEMBERS):
+    for vm_id, group in conn.execute(_MEMBERS):
         members[group].add(vm_id)
         groups_by_vm[vm_id].append(group)
     groups = tuple(
         GroupSnap(name=name, policy=policy, hard=hard, members=frozenset(members.get(name, ())))
-        for name, policy, hard in session.execute(_GROUPS)
+        for name, policy, hard in conn.execute(_GROUPS)
     )
 
     # ---- VMs and per-host usage
@@ -168,9 +171,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     vms_by_host: dict[str, list[str]] = defaultdict(list)
     vm_snaps: list[VMSnap] = []
     if placement_only:
-        for host, vcpus, memory_mib, disk_gib in session.execute(_USAGE):
-            used[host] = [int(vcpus or 0), int(memory_mib or 0), int(disk_gib or 0)]
-    vm_rows = session.execute(_MEMBER_VMS if placement_only else _VMS)
+        for host, vcpus, memory_mib, disk_gib in conn.execute(_USAGE):
+            used[str(host)] = [int(vcpus or 0), int(memory_mib or 0), int(disk_gib or 0)]
+    vm_rows = conn.execute(_MEMBER_VMS if placement_only else _VMS)
     for vm_id, name, host, vcpus, memory_mib, disk_gib, state, ha, priority in vm_rows:
         if host is not None and not placement_only:
             u = used[host]
@@ -199,9 +202,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
         )
 
     # ---- devices
-    util = {d: u / 100.0 for d, u in session.execute(_DEVICE_UTIL) if u is not None}
+    util = {d: u / 100.0 for d, u in conn.execute(_DEVICE_UTIL) if u is not None}
     devices_by_host: dict[str, list[DeviceSnap]] = defaultdict(list)
-    for dev in session.exec(_DEVICES):
+    for dev in conn.execute(_DEVICES):
         mdev_claims = mdev_by_device.get(dev.id, [])
         devices_by_host[dev.host].append(
             DeviceSnap(
@@ -234,9 +237,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
         )
 
     # ---- hosts
-    load = {h: u for h, u in session.execute(_HOST_LOAD) if u is not None}
+    load = {h: u for h, u in conn.execute(_HOST_LOAD) if u is not None}
     hosts = []
-    for h in session.exec(_HOSTS):
+    for h in conn.execute(_HOSTS):
         u = used.get(h.name, [0, 0, 0])
         hosts.append(
             HostSnap(

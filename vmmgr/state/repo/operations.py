@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from vmmgr.errors import FailedPrecondition, InvalidArgument, NotFound, VmmgrError
 from vmmgr.state.models import Operation, OperationState
-from vmmgr.state.repo._common import check_choice, get_or_404, insert_rows, read_row
+from vmmgr.state.repo._common import check_choice, get_or_404, insert_rows
 from vmmgr.state.types import utcnow
 
 _OP = Operation.__table__  # type: ignore[attr-defined]
@@ -121,6 +121,7 @@ _FINISHED = (  # the columns finishing sets
     "updated_at",
     "finished_at",
 )
+_GET = sa_select(_OP).where(_OP.c.id == bindparam("op_id"))
 _FINISH = (
     update(_OP)
     .where(_OP.c.id == bindparam("op_id"), _OP.c.state.in_(_UNFINISHED))
@@ -148,30 +149,28 @@ def finish_operation(
     )
     if state == OperationState.FAILED and error is None:
         raise InvalidArgument("error", "a failed operation needs its error")
-    op = read_row(session, Operation, op_id)
-    if op is None:
+    conn = session.connection()
+    row = conn.execute(_GET, {"op_id": op_id}).mappings().first()
+    if row is None:
         raise NotFound(f"operation {op_id!r} not found")
-    if op.state not in _UNFINISHED:
-        raise FailedPrecondition(f"operation {op_id!r} already {op.state}")
+    if row["state"] not in _UNFINISHED:
+        raise FailedPrecondition(f"operation {op_id!r} already {row['state']}")
     now = utcnow()
-    op.state = state
-    if state == OperationState.SUCCEEDED:
-        op.progress = 100.0
-    if error is not None:
-        op.error_code = error.code
-        op.error_message = error.message
-        op.error_field = error.field or ""
-    if message is not None:
-        op.message = message
-    if result is not None:
-        op.result = {**op.result, **result}
-    op.updated_at = now
-    op.finished_at = now
-    values = {f"new_{k}": getattr(op, k) for k in _FINISHED}
-    done = session.connection().execute(_FINISH, {"op_id": op_id, **values})
+    new = {
+        "state": state,
+        "progress": 100.0 if state == OperationState.SUCCEEDED else row["progress"],
+        "message": row["message"] if message is None else message,
+        "error_code": error.code if error else row["error_code"],
+        "error_message": error.message if error else row["error_message"],
+        "error_field": (error.field or "") if error else row["error_field"],
+        "result": {**row["result"], **result} if result is not None else row["result"],
+        "updated_at": now,
+        "finished_at": now,
+    }
+    done = conn.execute(_FINISH, {"op_id": op_id, **{f"new_{k}": v for k, v in new.items()}})
     if done.rowcount != 1:
         raise FailedPrecondition(f"operation {op_id!r} finished meanwhile")
-    return op
+    return Operation(**{**row, **new})
 
 
 def request_cancel(session: Session, op_id: str) -> Operation:
