@@ -677,8 +677,11 @@ class VMService:
         if event.reason == "undefined":
             new, reason = VMState.ERROR.value, "domain undefined outside vmmgr"
         with self.store.read_session() as s:  # most events change nothing: no write lock
+            seen = vm_repo.state_and_host(s, event.vm_id)
+            if seen is None or seen[0] in BUSY or seen[1] != event.host or new == seen[0]:
+                return
             vm = vm_repo.find_vm(s, event.vm_id)
-        if vm is None or vm.state in BUSY or vm.host != event.host or new == vm.state:
+        if vm is None:
             return
         with self.store.session() as s:
             try:

@@ -108,6 +108,15 @@ def name_taken(session: Session, name: str, project: str) -> bool:
     return session.execute(_NAME_TAKEN, {"project": project, "name": name}).first() is not None
 
 
+_STATE_AND_HOST = sa_select(col(VM.state), col(VM.host)).where(col(VM.id) == bindparam("vm_id"))
+
+
+def state_and_host(session: Session, vm_id: str) -> tuple[str, str | None] | None:
+    """A VM's (state, host), None if there is no such VM: what every libvirt event asks."""
+    row = session.connection().execute(_STATE_AND_HOST, {"vm_id": vm_id}).first()
+    return None if row is None else (row[0], row[1])
+
+
 def get_vm_by_name(session: Session, name: str, project: str = "default") -> VM:
     vm = session.exec(select(VM).where(VM.project == project, VM.name == name)).first()
     if vm is None:
