@@ -442,3 +442,91 @@ def test_reconnect_replaces_the_connection_and_keeps_listeners(conn: LibvirtConn
     conn.define(spec())
     assert conn.drain_events()
     assert [e.reason for e in events] == ["defined"]
+
+
+# ---------------------------------------------------------------------- create path shortcuts
+
+
+def test_define_describes_the_new_domain_as_libvirt_does(conn: LibvirtConnection) -> None:
+    """define builds its answer from the spec instead of reading the domain back."""
+    for s in (spec(), spec(name="a\"b'c<d>&e", owner="<owner>&", vcpus=3, memory_mib=200)):
+        assert conn.define(s) == conn.get_domain(s.vm_id)
+
+
+def test_define_refuses_a_foreign_domain_with_the_same_uuid_and_name(
+    conn: LibvirtConnection,
+) -> None:
+    """libvirt would overwrite it (same uuid and name is a redefinition): vmmgr must not."""
+    before = conn.domain_xml(FOREIGN_UUID)
+    with pytest.raises(FailedPrecondition, match="foreign"):
+        conn.define(spec(name="foreign", vm_id=FOREIGN_UUID))
+    assert conn.domain_xml(FOREIGN_UUID) == before
+    assert state(conn, FOREIGN_UUID) is DomainState.RUNNING
+
+
+def test_redefine_under_a_name_taken_by_another_domain_is_already_exists(
+    conn: LibvirtConnection,
+) -> None:
+    s = spec()
+    conn.define(s)
+    with pytest.raises(AlreadyExists) as e:
+        conn.define(replace(s, name="foreign"))
+    assert e.value.field == "name" and FOREIGN_UUID in e.value.message
+    got = conn.get_domain(s.vm_id)
+    assert got is not None and got.name == "vm1"
+
+
+def test_start_of_a_running_domain_is_failed_precondition(conn: LibvirtConnection) -> None:
+    """No isActive before create: libvirt's refusal (INTERNAL_ERROR on the test driver,
+    OPERATION_INVALID on qemu) is mapped, also when someone else started it."""
+    s = spec()
+    conn.define(s)
+    conn.virconn.lookupByUUIDString(s.vm_id).create()  # started behind vmmgr's back
+    with pytest.raises(FailedPrecondition, match="already running"):
+        conn.start(s.vm_id)
+    assert state(conn, s.vm_id) is DomainState.RUNNING
+
+
+def test_a_domain_redefined_without_metadata_behind_our_back_is_foreign_again(
+    conn: LibvirtConnection,
+) -> None:
+    """The handles of domains vmmgr defined are reused without reading their XML; the DEFINED
+    event of someone else's redefinition drops that, so the domain is refused again."""
+    events: list[DomainEvent] = []
+    conn.on_domain_event(events.append)
+    s = spec()
+    conn.define(s)
+    conn.start(s.vm_id)
+    conn.destroy(s.vm_id)
+    plain = Domain(type="test", name="vm1", uuid=s.vm_id, memory=Memory(65536), vcpu=Vcpu(1))
+    conn.virconn.defineXML(to_string(plain.build()))  # same uuid and name, no metadata
+    assert conn.drain_events()
+    for op in (conn.start, conn.destroy, conn.undefine):
+        with pytest.raises(FailedPrecondition, match="foreign"):
+            op(s.vm_id)
+    defined = [e.vm_id for e in events if e.reason == "defined"]
+    assert defined == [s.vm_id, None]  # ours (not read back), then theirs (read)
+
+
+def test_a_domain_undefined_and_replaced_behind_our_back_is_foreign(
+    conn: LibvirtConnection,
+) -> None:
+    s = spec()
+    conn.define(s)
+    conn.start(s.vm_id)  # its handle is kept now
+    raw = conn.virconn.lookupByUUIDString(s.vm_id)
+    raw.destroy()
+    raw.undefine()
+    plain = Domain(type="test", name="other", uuid=s.vm_id, memory=Memory(65536), vcpu=Vcpu(1))
+    conn.virconn.defineXML(to_string(plain.build()))
+    assert conn.drain_events()
+    with pytest.raises(FailedPrecondition, match="foreign"):
+        conn.start(s.vm_id)
+
+
+def test_kept_domain_handles_are_dropped_with_the_connection(conn: LibvirtConnection) -> None:
+    s = spec()
+    conn.define(s)
+    conn.reconnect()  # a fresh private test host: the domain is not there
+    with pytest.raises(NotFound):
+        conn.start(s.vm_id)

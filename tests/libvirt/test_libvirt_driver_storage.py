@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 
 import drivers.hypervisor.libvirt.seed as seed_module
@@ -254,3 +255,89 @@ def test_iso_label_rejects_non_iso(tmp_path: Path) -> None:
     f.write_bytes(b"\0" * 40000)
     with pytest.raises(ValueError):
         iso_volume_label(str(f))
+
+
+# ---------------------------------------------------------------------- create path shortcuts
+
+
+def test_a_taken_volume_name_is_already_exists_and_the_volume_is_kept(
+    conn: LibvirtConnection, tmp_path: Path
+) -> None:
+    """No look-up before createXML: libvirt's own refusal (the test driver says only
+    OPERATION_FAILED) becomes AlreadyExists, and the volume that was there stays as it was."""
+    base = base_volume(conn)
+    src = tmp_path / "x.raw"
+    src.write_bytes(b"x" * 10)
+    for create in (
+        lambda: conn.create_overlay("vmmgr", "base.qcow2", base, 5 * GIB),
+        lambda: conn.import_volume("vmmgr", "base.qcow2", str(src)),
+    ):
+        with pytest.raises(AlreadyExists, match="'base.qcow2' already exists in pool 'vmmgr'"):
+            create()
+    assert conn.get_volume("vmmgr", "base.qcow2") == base
+
+
+def test_overlay_and_raw_import_are_described_without_reading_back(
+    conn: LibvirtConnection, tmp_path: Path
+) -> None:
+    base = base_volume(conn)
+    overlay = conn.create_overlay("vmmgr", "vm1.qcow2", base, 3 * GIB)
+    got = conn.get_volume("vmmgr", "vm1.qcow2")
+    assert got is not None
+    assert (overlay.pool, overlay.name, overlay.path, overlay.format, overlay.capacity_bytes) == (
+        got.pool,
+        got.name,
+        got.path,
+        got.format,
+        got.capacity_bytes,
+    )
+    src = tmp_path / "seed.iso"
+    src.write_bytes(b"\1" * 5000)
+    seed = conn.import_volume("vmmgr", "seed.iso", str(src))
+    got = conn.get_volume("vmmgr", "seed.iso")
+    assert got is not None
+    assert (seed.path, seed.format, seed.capacity_bytes) == (got.path, "raw", 5000)
+
+
+def test_an_unreadable_source_fails_before_a_volume_is_made(conn: LibvirtConnection) -> None:
+    """/proc/self/mem is a regular file whose first read fails (EIO at address 0)."""
+    with pytest.raises(DriverError, match="Input/output error"):
+        conn.import_volume("vmmgr", "broken.raw", "/proc/self/mem")
+    assert conn.list_volumes("vmmgr") == []
+
+
+def test_pool_handles_survive_the_pool_being_replaced(
+    conn: LibvirtConnection, tmp_path: Path
+) -> None:
+    base = base_volume(conn)
+    conn.create_overlay("vmmgr", "vm1.qcow2", base, GIB)  # the pool handle is cached now
+    raw = conn.virconn.storagePoolLookupByName("vmmgr")
+    for vol in raw.listAllVolumes(0):
+        vol.delete(0)
+    raw.destroy()
+    raw.undefine()
+    with pytest.raises(NotFound):
+        conn.list_volumes("vmmgr")
+    conn.ensure_pool("vmmgr", str(tmp_path / "pool"))  # defined again: a new pool uuid
+    base = base_volume(conn)
+    assert conn.create_overlay("vmmgr", "vm1.qcow2", base, GIB).name == "vm1.qcow2"
+    assert [v.name for v in conn.list_volumes("vmmgr")] == ["base.qcow2", "vm1.qcow2"]
+
+
+def test_a_stale_pool_handle_is_dropped_and_looked_up_again(
+    conn: LibvirtConnection, tmp_path: Path
+) -> None:
+    """What qemu's storage driver answers for a handle whose pool was replaced (it resolves
+    handles by uuid; the test driver by name): VIR_ERR_NO_STORAGE_POOL. A handle of another
+    private test host whose pool is gone answers the same; tests/real has the qemu case."""
+    base = base_volume(conn)
+    other = libvirt.open(test_uri(str(tmp_path / "node.xml")))
+    try:
+        stale = other.storagePoolLookupByName("vmmgr")
+        stale.destroy()
+        stale.undefine()
+        conn._pools["vmmgr"] = stale
+        assert conn.get_volume("vmmgr", "base.qcow2") == base
+        assert conn._pools["vmmgr"] is not stale
+    finally:
+        other.close()

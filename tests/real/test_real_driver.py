@@ -25,9 +25,15 @@ import pytest
 from drivers.hypervisor.libvirt import LibvirtConfig, LibvirtConnection, LibvirtHypervisor
 from drivers.hypervisor.libvirt.images import detect_image_format, virtual_size
 from drivers.hypervisor.libvirt.seed import iso_volume_label
-from drivers.hypervisor.libvirt.xml import Domain, Memory, Vcpu, domain_xml_from_spec
+from drivers.hypervisor.libvirt.xml import (
+    Domain,
+    Memory,
+    StoragePool,
+    Vcpu,
+    domain_xml_from_spec,
+)
 from drivers.hypervisor.libvirt.xml.base import to_string
-from vmmgr.errors import DriverError, FailedPrecondition
+from vmmgr.errors import AlreadyExists, DriverError, FailedPrecondition
 from vmmgr.ports import (
     DirectBootSpec,
     DiskSpec,
@@ -355,3 +361,76 @@ def test_kvm_domain_starts_with_the_cpu_auto_chooses_for_this_host(
     finally:
         virsh("destroy", spec.name, check=False)
         virsh("undefine", spec.name, check=False)
+
+
+# ---------------------------------------------------------------------- create path shortcuts
+
+
+def test_taken_volume_names_are_already_exists_on_a_real_pool(
+    conn: LibvirtConnection, pool: Pool, image: str
+) -> None:
+    """qemu's storage driver refuses a taken name with VIR_ERR_STORAGE_VOL_EXIST."""
+    base = conn.import_volume(pool.name, "base.qcow2", image)
+    overlay = conn.create_overlay(pool.name, "vm.qcow2", base, base.capacity_bytes)
+    with pytest.raises(AlreadyExists, match="already exists in pool"):
+        conn.create_overlay(pool.name, "vm.qcow2", base, base.capacity_bytes)
+    with pytest.raises(AlreadyExists, match="already exists in pool"):
+        conn.import_volume(pool.name, "base.qcow2", image)
+    assert sha256(base.path) == sha256(image)  # untouched
+    got = conn.get_volume(pool.name, "vm.qcow2")
+    assert got is not None and (got.path, got.format) == (overlay.path, "qcow2")
+
+
+def test_a_replaced_pool_is_found_again_on_a_real_host(
+    conn: LibvirtConnection, pool: Pool, image: str
+) -> None:
+    """qemu resolves a pool handle by uuid: after undefine + define the cached one answers
+    VIR_ERR_NO_STORAGE_POOL, is dropped and looked up again."""
+    base = conn.import_volume(pool.name, "base.qcow2", image)  # the handle is cached now
+    raw = libvirt.open(URI)
+    try:
+        lv = raw.storagePoolLookupByName(pool.name)
+        old_uuid = lv.UUIDString()
+        lv.destroy()
+        lv.undefine()
+        xml = to_string(StoragePool(name=pool.name, target_path=pool.path).build())
+        again = raw.storagePoolDefineXML(xml, 0)  # the same pool, a new uuid
+        again.create(0)
+        assert again.UUIDString() != old_uuid
+    finally:
+        raw.close()
+    assert conn.get_volume(pool.name, "base.qcow2") == base
+    assert conn.create_overlay(pool.name, "vm.qcow2", base, base.capacity_bytes).name == "vm.qcow2"
+
+
+def test_start_of_a_running_domain_and_a_foreign_twin_on_a_real_host(
+    conn: LibvirtConnection,
+) -> None:
+    """qemu refuses a second start with OPERATION_INVALID (FailedPrecondition here), and
+    define never overwrites a foreign domain with the same uuid and name."""
+    spec = DomainSpec(
+        vm_id=str(uuid.uuid4()),
+        name=f"vmmgr-test-{uuid.uuid4().hex[:8]}",
+        vcpus=1,
+        memory_mib=64,
+        domain_type="qemu",
+        heartbeat_channel=False,
+    )
+    foreign_id = str(uuid.uuid4())
+    foreign = f"vmmgr-foreign-{foreign_id[:8]}"
+    plain = Domain("qemu", foreign, foreign_id, Memory(65536), Vcpu(1))
+    conn.virconn.defineXML(to_string(plain.build()))
+    try:
+        conn.define(spec)
+        conn.start(spec.vm_id)
+        with pytest.raises(FailedPrecondition, match="already running"):
+            conn.start(spec.vm_id)
+        with pytest.raises(FailedPrecondition, match="foreign"):
+            conn.define(replace(spec, vm_id=foreign_id, name=foreign))
+        assert "vmmgr:instance" not in virsh("dumpxml", foreign).stdout
+        conn.destroy(spec.vm_id)
+        conn.undefine(spec.vm_id)
+    finally:
+        for name in (spec.name, foreign):
+            virsh("destroy", name, check=False)
+            virsh("undefine", name, check=False)

@@ -6,6 +6,10 @@ libvirt connection objects are thread-safe; the lock here guards only this objec
 
 Ownership: a domain is vmmgr's when its vmmgr metadata id equals its uuid (vm_id IS the libvirt
 domain uuid). Every mutating call refuses other (foreign) domains with FailedPrecondition.
+
+Per live libvirt connection (dropped with it) this object keeps storage pool handles and the
+handles of domains it has seen carry vmmgr metadata, so the common create path (overlay,
+seed, define, start) does not look them up and re-read their XML on every call.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import libvirt
 
@@ -42,6 +47,8 @@ from vmmgr.ports import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -89,6 +96,13 @@ class LibvirtConnection:
         self._event_listeners: list[Callable[[DomainEvent], None]] = []
         self._close_listeners: list[Callable[[str], None]] = []
         self._owned: dict[str, str | None] = {}  # uuid -> vm_id (None: foreign), for events
+        # The caches below hold handles of the current libvirt connection; _discard clears them.
+        self._pools: dict[str, libvirt.virStoragePool] = {}
+        # uuid -> handle of a domain seen carrying vmmgr metadata (we defined it, or read its
+        # XML); dropped when it is undefined or seen without metadata (see _owned_domain).
+        self._mine: dict[str, libvirt.virDomain] = {}
+        # uuid -> vm_id of a define of ours whose DEFINED event has not come yet (see _emit)
+        self._defining: dict[str, str] = {}
         self._dispatcher = Dispatcher(f"libvirt-events-{host_name}")
 
     # ------------------------------------------------------------------ connection state
@@ -183,6 +197,10 @@ class LibvirtConnection:
     def _discard(self) -> None:
         """Unhook and close the current libvirt connection, if any; caller holds the lock."""
         conn, self._conn, self._alive = self._conn, None, False
+        # handles belong to that connection, and events may be missed until the next one
+        self._pools.clear()
+        self._mine.clear()
+        self._defining.clear()
         if conn is None:
             return
         if self._event_cb_id is not None:
@@ -291,7 +309,16 @@ class LibvirtConnection:
         reason, detail_name, state = event_names(event, detail)
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             vm_id = self._owned.get(uuid)
-        elif event == libvirt.VIR_DOMAIN_EVENT_DEFINED or uuid not in self._owned:
+            self._mine.pop(uuid, None)
+        elif event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
+            # Our own define wrote that XML: no need to read it back. define() registers it
+            # before calling defineXML, so no later DEFINED event (someone else's) can take it.
+            vm_id = self._defining.pop(uuid, None)
+            if vm_id is None:
+                vm_id = self._read_vm_id(dom, uuid)  # someone else may have redefined it
+            else:
+                self._owned[uuid] = vm_id
+        elif uuid not in self._owned:
             vm_id = self._read_vm_id(dom, uuid)
         else:
             vm_id = self._owned[uuid]
@@ -320,8 +347,21 @@ class LibvirtConnection:
         except libvirt.libvirtError:
             return self._owned.get(uuid)  # gone already: the best we know
         vm_id = meta[0] if meta else None
-        self._owned[uuid] = vm_id
+        self._saw(uuid, vm_id)
         return vm_id
+
+    def _saw(self, uuid: str, vm_id: str | None) -> None:
+        """Record what domain ``uuid``'s metadata said just now (None: foreign)."""
+        self._owned[uuid] = vm_id
+        if vm_id is None:
+            self._mine.pop(uuid, None)
+
+    def _keep(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain) -> None:
+        """Remember ``dom`` (of ``conn``), just seen carrying vmmgr metadata."""
+        self._owned[uuid] = uuid
+        with self._lock:
+            if conn is self._conn:
+                self._mine[uuid] = dom
 
     @staticmethod
     def _read_state(dom: libvirt.virDomain) -> DomainState:
@@ -414,7 +454,7 @@ class LibvirtConnection:
         parsed = parse_domain(xml)
         meta = vmmgr_metadata(xml)
         vm_id, owner = meta if meta is not None else (None, "")
-        self._owned[parsed.uuid] = vm_id
+        self._saw(parsed.uuid, vm_id)
         mem = parsed.current_memory.kib if parsed.current_memory else parsed.memory.kib
         return DomainInfo(
             uuid=parsed.uuid,
@@ -437,18 +477,30 @@ class LibvirtConnection:
             raise
 
     def _owned_domain(self, conn: libvirt.virConnect, vm_id: str) -> libvirt.virDomain:
-        """The vmmgr domain ``vm_id``: NotFound if absent, FailedPrecondition if foreign."""
+        """The vmmgr domain ``vm_id``: NotFound if absent, FailedPrecondition if foreign.
+
+        A domain this connection defined or already checked comes from ``_mine`` without a
+        lookup or XML read. libvirt resolves a domain handle by uuid on every call, so the
+        handle acts on whatever now has that uuid (NotFound once it is gone); the entry is
+        dropped by the UNDEFINED event, by a DEFINED event whose XML has no vmmgr metadata
+        and by a reconnect (events may have been missed): a foreign domain is taken for ours
+        only until this connection has processed the events that made it so.
+        """
         uuid = vm_uuid(vm_id)
+        with self._lock:
+            cached = self._mine.get(uuid) if conn is self._conn else None
+        if cached is not None:
+            return cached
         dom = self._find(conn, uuid)
         if dom is None:
             raise NotFound(f"no domain {uuid} on {self.host_name}")
         if vmmgr_metadata(dom.XMLDesc(0)) is None:
-            self._owned[uuid] = None
+            self._saw(uuid, None)
             raise FailedPrecondition(
                 f"domain {dom.name()!r} ({uuid}) on {self.host_name} has no vmmgr metadata: "
                 "foreign domains are never touched"
             )
-        self._owned[uuid] = uuid
+        self._keep(conn, uuid, dom)
         return dom
 
     def lookup_domain(self, vm_id: str) -> libvirt.virDomain:
@@ -492,31 +544,59 @@ class LibvirtConnection:
                 cpu_mode=self._config.cpu_mode,
                 machine=self._config.machine,
             )
+            # defineXML overwrites a domain with the same uuid AND name, so a foreign one must
+            # be caught first; a name taken by another uuid libvirt refuses itself (below)
             existing = self._find(conn, uuid)
             if existing is not None and vmmgr_metadata(existing.XMLDesc(0)) is None:
                 raise FailedPrecondition(
                     f"a foreign domain {existing.name()!r} already has uuid {uuid}"
                 )
+            self._defining[uuid] = uuid  # before defineXML: its event may come before it returns
             try:
-                same_name = conn.lookupByName(spec.name)
+                dom = conn.defineXML(xml)
             except libvirt.libvirtError as e:
-                if error_code(e) != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-                same_name = None
-            if same_name is not None and same_name.UUIDString() != uuid:
-                raise AlreadyExists(
-                    f"domain name {spec.name!r} is taken on {self.host_name} "
-                    f"by {same_name.UUIDString()}",
-                    field="name",
-                )
-            dom = conn.defineXML(xml)
-            return self._info(dom)
+                self._defining.pop(uuid, None)
+                # "already exists with uuid" comes as plain OPERATION_FAILED: look, not parse
+                if not is_connection_error(e):
+                    taken_by = self._name_taken_by(conn, spec.name, uuid)
+                    if taken_by is not None:
+                        raise AlreadyExists(
+                            f"domain name {spec.name!r} is taken on {self.host_name} "
+                            f"by {taken_by}",
+                            field="name",
+                        ) from e
+                raise
+            self._keep(conn, uuid, dom)
+            if existing is not None:  # a redefinition: it may be running; read what it is
+                return self._info(dom)
+            return DomainInfo(  # new and persistent, so stopped; the rest is what we wrote
+                uuid=uuid,
+                name=spec.name,
+                state=DomainState.STOPPED,
+                vm_id=uuid,
+                owner=spec.owner,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                persistent=True,
+            )
+
+    @staticmethod
+    def _name_taken_by(conn: libvirt.virConnect, name: str, uuid: str) -> str | None:
+        """The uuid of another domain named ``name``, None if there is none."""
+        try:
+            other = str(conn.lookupByName(name).UUIDString())
+        except libvirt.libvirtError as e:
+            if error_code(e) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+        return other if other != uuid else None
 
     def undefine(self, vm_id: str) -> None:
         """Remove a stopped vmmgr domain's definition (managed save, snapshot metadata and
         NVRAM with it). FailedPrecondition while it runs: destroy it first."""
         with self._libvirt(f"undefine vm {vm_id}") as conn:
             dom = self._owned_domain(conn, vm_id)
+            self._mine.pop(vm_uuid(vm_id), None)
             if dom.isActive():
                 raise FailedPrecondition(f"vm {vm_id} is running; stop it before undefining")
             try:
@@ -527,11 +607,23 @@ class LibvirtConnection:
                 dom.undefineFlags(_UNDEFINE_FLAGS_BASIC)
 
     def start(self, vm_id: str) -> None:
+        """Start a stopped vmmgr domain; FailedPrecondition if it is already running."""
         with self._libvirt(f"start vm {vm_id}") as conn:
             dom = self._owned_domain(conn, vm_id)
-            if dom.isActive():
-                raise FailedPrecondition(f"vm {vm_id} is already running")
-            dom.create()
+            try:
+                dom.create()
+            except libvirt.libvirtError as e:
+                # qemu says OPERATION_INVALID, the test driver INTERNAL_ERROR: ask, not parse
+                if self._is_active(dom):
+                    raise FailedPrecondition(f"vm {vm_id} is already running") from e
+                raise
+
+    @staticmethod
+    def _is_active(dom: libvirt.virDomain) -> bool:
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError:
+            return False
 
     def shutdown(self, vm_id: str, timeout_s: float) -> bool:
         """Ask the guest to power off (ACPI); poll until it stopped or ``timeout_s`` passed.
@@ -611,28 +703,72 @@ class LibvirtConnection:
 
     # ------------------------------------------------------------------ storage
 
+    def _on_pool(
+        self,
+        action: str,
+        pool_name: str,
+        op: Callable[[libvirt.virConnect, libvirt.virStoragePool], T],
+    ) -> T:
+        """``op(conn, pool)`` on storage pool ``pool_name``, through a cached handle.
+
+        libvirt resolves a pool handle by uuid: one whose pool was undefined and defined again
+        answers VIR_ERR_NO_STORAGE_POOL (qemu's storage driver; the test driver goes by name).
+        Then the handle is dropped and ``op`` runs again on a fresh lookup. Each ``op`` here
+        makes its first pool call before it changes anything; the only later one (the look-up
+        after a qcow2 upload) fails so only if the pool was replaced during the upload, and
+        then the retry imports into the pool that is there now.
+        """
+        with self._libvirt(action) as conn:
+            with self._lock:
+                pool = self._pools.get(pool_name) if conn is self._conn else None
+            if pool is not None:
+                try:
+                    return op(conn, pool)
+                except libvirt.libvirtError as e:
+                    if error_code(e) != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                        raise
+                with self._lock:
+                    if self._pools.get(pool_name) is pool:
+                        del self._pools[pool_name]
+            pool = storage.lookup_pool(conn, pool_name)
+            with self._lock:
+                if conn is self._conn:
+                    self._pools[pool_name] = pool
+            return op(conn, pool)
+
     def ensure_pool(self, name: str, path: str) -> None:
         with self._libvirt(f"ensure storage pool {name}") as conn:
+            with self._lock:
+                self._pools.pop(name, None)  # it may be defined anew
             storage.ensure_pool(conn, name, path)
 
     def import_volume(self, pool: str, name: str, source_path: str) -> VolumeInfo:
-        with self._libvirt(f"import {source_path} as {pool}/{name}") as conn:
-            return storage.upload_volume(conn, pool, name, source_path)
+        return self._on_pool(
+            f"import {source_path} as {pool}/{name}",
+            pool,
+            lambda conn, p: storage.upload_volume(conn, p, pool, name, source_path),
+        )
 
     def get_volume(self, pool: str, name: str) -> VolumeInfo | None:
-        with self._libvirt(f"get volume {pool}/{name}") as conn:
-            return storage.get_volume(conn, pool, name)
+        return self._on_pool(
+            f"get volume {pool}/{name}", pool, lambda _c, p: storage.get_volume(p, pool, name)
+        )
 
     def create_overlay(
         self, pool: str, name: str, backing: VolumeInfo, capacity_bytes: int
     ) -> VolumeInfo:
-        with self._libvirt(f"create overlay {pool}/{name}") as conn:
-            return storage.create_overlay(conn, pool, name, backing, capacity_bytes)
+        return self._on_pool(
+            f"create overlay {pool}/{name}",
+            pool,
+            lambda _c, p: storage.create_overlay(p, pool, name, backing, capacity_bytes),
+        )
 
     def delete_volume(self, pool: str, name: str) -> None:
-        with self._libvirt(f"delete volume {pool}/{name}") as conn:
-            storage.delete_volume(conn, pool, name)
+        self._on_pool(
+            f"delete volume {pool}/{name}", pool, lambda _c, p: storage.delete_volume(p, name)
+        )
 
     def list_volumes(self, pool: str) -> list[VolumeInfo]:
-        with self._libvirt(f"list volumes of {pool}") as conn:
-            return storage.list_volumes(conn, pool)
+        return self._on_pool(
+            f"list volumes of {pool}", pool, lambda _c, p: storage.list_volumes(p, pool)
+        )

@@ -2,6 +2,7 @@
 
 Volumes are filled through libvirt upload streams (virStorageVolUpload), so importing an image
 works on remote hosts too. Each multi-step operation undoes its own partial work on failure.
+Volume operations take the pool handle: ``LibvirtConnection`` caches those per connection.
 """
 
 from __future__ import annotations
@@ -125,23 +126,50 @@ def _upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: str, siz
         raise
 
 
+def _create_volume(
+    pool: libvirt.virStoragePool, pool_name: str, name: str, spec: StorageVolume
+) -> libvirt.virStorageVol:
+    """``pool.createXML`` with a taken name as AlreadyExists. No lookup beforehand: libvirt
+    refuses a taken name itself. The storage driver says VIR_ERR_STORAGE_VOL_EXIST; the test
+    driver says only VIR_ERR_OPERATION_FAILED, so there a lookup confirms it."""
+    try:
+        return pool.createXML(to_string(spec.build()), 0)
+    except libvirt.libvirtError as e:
+        code = error_code(e)
+        if code == libvirt.VIR_ERR_STORAGE_VOL_EXIST or (
+            code == libvirt.VIR_ERR_OPERATION_FAILED and lookup_volume(pool, name) is not None
+        ):
+            raise AlreadyExists(f"volume {name!r} already exists in pool {pool_name!r}") from e
+        raise
+
+
+def _detect_format(path: str) -> str:
+    try:
+        return detect_image_format(path)
+    except OSError as e:
+        raise DriverError(f"reading {path} for upload failed: {e}") from e
+
+
 def upload_volume(
-    conn: libvirt.virConnect, pool_name: str, name: str, source_path: str
+    conn: libvirt.virConnect,
+    pool: libvirt.virStoragePool,
+    pool_name: str,
+    name: str,
+    source_path: str,
 ) -> VolumeInfo:
     """Create volume ``name`` as an exact byte copy of the local file ``source_path``.
 
-    The volume is created raw with the file's size and overwritten by the upload; the pool
-    refresh afterwards lets libvirt see a qcow2 for what it is. Deleted again on failure.
+    The volume is created raw with the file's size and overwritten by the upload. A raw file
+    is then described as created (libvirt has nothing to re-probe); for a qcow2 a pool refresh
+    lets libvirt see it for what it is. Deleted again on a failed upload.
     """
     _check_name(name)
     if not os.path.isfile(source_path):
         raise InvalidArgument("source_path", f"no such file: {source_path}")
-    pool = lookup_pool(conn, pool_name)
-    if lookup_volume(pool, name) is not None:
-        raise AlreadyExists(f"volume {name!r} already exists in pool {pool_name!r}")
+    detected = _detect_format(source_path)
     size = os.path.getsize(source_path)
     spec = StorageVolume(name=name, capacity_bytes=size, allocation_bytes=0, format="raw")
-    vol = pool.createXML(to_string(spec.build()), 0)
+    vol = _create_volume(pool, pool_name, name, spec)
     try:
         _upload(conn, vol, source_path, size)
     except libvirt.libvirtError as err:
@@ -155,10 +183,18 @@ def upload_volume(
         with contextlib.suppress(libvirt.libvirtError):
             vol.delete(0)
         raise
+    if detected == "raw":  # what was created is what it is: raw, `size` bytes, all written
+        return VolumeInfo(
+            pool=pool_name,
+            name=name,
+            path=vol.path(),
+            format="raw",
+            capacity_bytes=size,
+            allocation_bytes=size,
+        )
     _refresh(pool)
     vol = pool.storageVolLookupByName(name)
     info = volume_info(pool_name, vol)
-    detected = detect_image_format(source_path)
     if info.format != detected:  # libvirt did not (yet) re-probe: report what the bytes are
         info = VolumeInfo(
             pool=info.pool,
@@ -172,28 +208,41 @@ def upload_volume(
 
 
 def create_overlay(
-    conn: libvirt.virConnect, pool_name: str, name: str, backing: VolumeInfo, capacity_bytes: int
+    pool: libvirt.virStoragePool,
+    pool_name: str,
+    name: str,
+    backing: VolumeInfo,
+    capacity_bytes: int,
 ) -> VolumeInfo:
-    """A qcow2 volume backed by ``backing`` (copy-on-write), at least as large as it."""
+    """A qcow2 volume backed by ``backing`` (copy-on-write), at least as large as it.
+
+    Described from the request, not read back: ``capacity_bytes`` is the size asked for (a
+    backend may round it up, qemu-img to whole KiB) and ``allocation_bytes`` is 0 (not read).
+    Callers use the path; ``get_volume`` reads libvirt's exact figures.
+    """
     _check_name(name)
     if capacity_bytes < 0:
         raise InvalidArgument("capacity_bytes", "must not be negative")
-    pool = lookup_pool(conn, pool_name)
-    if lookup_volume(pool, name) is not None:
-        raise AlreadyExists(f"volume {name!r} already exists in pool {pool_name!r}")
+    capacity = max(capacity_bytes, backing.capacity_bytes)
     spec = StorageVolume(
         name=name,
-        capacity_bytes=max(capacity_bytes, backing.capacity_bytes),
+        capacity_bytes=capacity,
         format="qcow2",
         backing_store=BackingStore(path=backing.path, format=backing.format),
     )
-    vol = pool.createXML(to_string(spec.build()), 0)
-    return volume_info(pool_name, vol)
+    vol = _create_volume(pool, pool_name, name, spec)
+    return VolumeInfo(
+        pool=pool_name,
+        name=name,
+        path=vol.path(),
+        format="qcow2",
+        capacity_bytes=capacity,
+        allocation_bytes=0,
+    )
 
 
-def delete_volume(conn: libvirt.virConnect, pool_name: str, name: str) -> None:
+def delete_volume(pool: libvirt.virStoragePool, name: str) -> None:
     """Delete a volume; a volume that is already gone is fine (undo paths call this)."""
-    pool = lookup_pool(conn, pool_name)
     vol = lookup_volume(pool, name)
     if vol is None:
         return
@@ -204,8 +253,7 @@ def delete_volume(conn: libvirt.virConnect, pool_name: str, name: str) -> None:
             raise
 
 
-def list_volumes(conn: libvirt.virConnect, pool_name: str) -> list[VolumeInfo]:
-    pool = lookup_pool(conn, pool_name)
+def list_volumes(pool: libvirt.virStoragePool, pool_name: str) -> list[VolumeInfo]:
     out = []
     for vol in pool.listAllVolumes(0):
         try:
@@ -216,8 +264,7 @@ def list_volumes(conn: libvirt.virConnect, pool_name: str) -> list[VolumeInfo]:
     return sorted(out, key=lambda v: v.name)
 
 
-def get_volume(conn: libvirt.virConnect, pool_name: str, name: str) -> VolumeInfo | None:
-    pool = lookup_pool(conn, pool_name)
+def get_volume(pool: libvirt.virStoragePool, pool_name: str, name: str) -> VolumeInfo | None:
     vol = lookup_volume(pool, name)
     if vol is None:  # another host may have written it into a shared directory: look again
         _refresh(pool)
