@@ -42,7 +42,7 @@ class LibvirtHypervisor:
         return conn
 
     def build_seed(self, meta_data: str, user_data: str, network_config: str) -> SeedIsoBuild:
-        return SeedIsoBuild(meta_data, user_data, network_config, background=True)
+        return SeedIsoBuild(meta_data, user_data, network_config)
 
 
 if TYPE_CHECKING:  # mypy proves the driver satisfies the ports it implements

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 from vmmgr.errors import DriverError, FailedPrecondition
 
@@ -40,15 +39,6 @@ def scratch_root() -> str:
     return tempfile.gettempdir()
 
 
-def _start(cmd: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-@functools.cache
-def _spawner() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="seed-spawn")
-
-
 class SeedIsoBuild:
     """An ISO tool building a NoCloud seed in the background (vmmgr.ports.PendingFile).
 
@@ -57,17 +47,8 @@ class SeedIsoBuild:
     """
 
     def __init__(
-        self,
-        meta_data: str,
-        user_data: str,
-        network_config: str = "",
-        *,
-        workdir: str = "",
-        background: bool = False,
+        self, meta_data: str, user_data: str, network_config: str = "", *, workdir: str = ""
     ) -> None:
-        """``background``: a helper thread starts the tool, so the caller goes on at once
-        (forking and exec'ing from the daemon costs it about half a millisecond, and the GIL
-        is released meanwhile)."""
         self._own_dir = not workdir
         self._dir = workdir or tempfile.mkdtemp(prefix="vmmgr-seed-", dir=scratch_root())
         files = {"meta-data": meta_data, "user-data": user_data}
@@ -85,42 +66,30 @@ class SeedIsoBuild:
             self._written = [*paths, self.path]
             cmd = _iso_command(self.path) + paths
             self._tool = os.path.basename(cmd[0])
-            self._pending = _spawner().submit(_start, cmd) if background else None
-            self._started = None if background else _start(cmd)
+            self._proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
         except BaseException:
             self._remove_dir()
             raise
         self._error: DriverError | None = None
         self._done = False
 
-    @property
-    def _proc(self) -> subprocess.Popen[str]:
-        """The tool's process (OSError if it could not be started)."""
-        if self._started is None:
-            assert self._pending is not None
-            self._started = self._pending.result()
-        return self._started
-
     def wait(self) -> str:
         """The ISO's path once the tool finished; DriverError if it failed or timed out."""
         if not self._done:
-            self._done = True
             try:
-                proc = self._proc
-            except OSError as e:
-                self._error = DriverError(f"{self._tool} could not be started: {e}")
+                _, err = self._proc.communicate(timeout=_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.communicate()
+                self._error = DriverError(f"{self._tool} timed out after {_TIMEOUT_S}s")
             else:
-                try:
-                    _, err = proc.communicate(timeout=_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-                    self._error = DriverError(f"{self._tool} timed out after {_TIMEOUT_S}s")
-                else:
-                    if proc.returncode != 0:
-                        self._error = DriverError(
-                            f"{self._tool} failed ({proc.returncode}): {err.strip()}"
-                        )
+                if self._proc.returncode != 0:
+                    self._error = DriverError(
+                        f"{self._tool} failed ({self._proc.returncode}): {err.strip()}"
+                    )
+            self._done = True
         if self._error is not None:
             raise self._error
         return self.path
@@ -128,10 +97,9 @@ class SeedIsoBuild:
     def discard(self) -> None:
         """Stop the tool if it still runs and remove what it wrote (the ISO's upload is a copy)."""
         if not self._done:
-            with contextlib.suppress(OSError):  # never started: nothing to stop
-                if self._proc.poll() is None:
-                    self._proc.kill()
-                self._proc.communicate()
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.communicate()
             self._done = True
         self._remove_dir()
 
