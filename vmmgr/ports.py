@@ -7,6 +7,7 @@ thing cannot exist here (sysfs mdev, NVML).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -139,6 +140,9 @@ class DomainEvent:
     state: DomainState
     reason: str  # e.g. "started", "stopped", "crashed", "undefined", "shutdown"
     detail: str = ""  # libvirt's event detail, e.g. "booted", "destroyed", "migrated", "failed"
+    # time.monotonic() when libvirt delivered it: an event can reach the services after the
+    # operation that caused it has finished, and must not undo what that operation recorded
+    observed: float = field(default_factory=time.monotonic)
 
 
 class HostConnection(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.harness import TEST_NODE_XML, Daemon, make_qcow2, running_daemon, test_config
 from vmmgr.errors import DriverError
+from vmmgr.ports import DomainEvent, DomainState
 from vmmgr.state import repo
 from vmmgr.v1 import host_pb2, image_pb2, operation_pb2, vm_pb2
 
@@ -76,6 +78,30 @@ def test_create_get_list_lifecycle_delete(daemon: Daemon) -> None:
     assert done.state == SUCCEEDED, done.error
     assert host_side(daemon) == ([], [])
     assert rows(daemon) == (0, 0)
+
+
+def test_a_late_event_of_the_create_does_not_undo_its_outcome(daemon: Daemon) -> None:
+    """libvirt's DEFINED event (state: stopped) can reach the service after the create has
+    recorded the VM running; an event observed after the create ended still counts."""
+    before = time.monotonic()
+    op = create(daemon, spec())
+    vm_id = op.result["vm_id"]
+
+    def event(observed: float) -> DomainEvent:
+        return DomainEvent(
+            host="t1",
+            uuid=vm_id,
+            name="vm1",
+            vm_id=vm_id,
+            state=DomainState.STOPPED,
+            reason="defined",
+            observed=observed,
+        )
+
+    daemon.core.vms.on_domain_event(event(before))
+    assert daemon.vms.GetVM(vm_pb2.GetVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_RUNNING
+    daemon.core.vms.on_domain_event(event(time.monotonic()))
+    assert daemon.vms.GetVM(vm_pb2.GetVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_STOPPED
 
 
 def test_create_without_start_leaves_it_stopped(daemon: Daemon) -> None:

@@ -4,6 +4,7 @@ and which targets have an operation running here."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from sqlalchemy import delete
@@ -65,11 +66,14 @@ def test_a_failure_after_succeed_in_rolls_both_back(store: Store) -> None:
 def test_busy_while_running_and_finished_ops_come_from_memory(store: Store) -> None:
     ops, vm = _ops(store), _vm(store, "c")
     release = threading.Event()
+    started = time.monotonic()
     op = ops.submit("vm.delete", vm.id, lambda ctx: release.wait(10) and None)
     assert ops.busy(vm.id) and not ops.busy("someone-else")
     release.set()
     done, finished = ops.wait(op.id, 10)
     assert finished and done.state == OperationState.SUCCEEDED and not ops.busy(vm.id)
+    # something libvirt told while the operation ran is still the operation's business
+    assert ops.busy(vm.id, since=started) and not ops.busy(vm.id, since=time.monotonic())
     with store.session() as s:  # a finished operation never changes: memory answers for it
         s.execute(delete(Operation).where(col(Operation.id) == op.id))
     assert ops.get(op.id) is done

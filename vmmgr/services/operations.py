@@ -77,6 +77,7 @@ class Operations:
         self._targets: dict[str, str] = {}  # unfinished op id -> its target
         # Finished operations never change again: recent ones are answered from memory.
         self._done: OrderedDict[str, Operation] = OrderedDict()
+        self._ended: OrderedDict[str, float] = OrderedDict()  # target -> when its op ended
 
     def submit(
         self, kind: str, target: str, job: Job, *, request_id: str = "", message: str = "queued"
@@ -160,12 +161,20 @@ class Operations:
             self._done[op.id] = op
             if len(self._done) > _DONE_KEPT:
                 self._done.popitem(last=False)
+            self._ended[op.target] = time.monotonic()
+            self._ended.move_to_end(op.target)
+            if len(self._ended) > _DONE_KEPT:
+                self._ended.popitem(last=False)
             self._cond.notify_all()
 
-    def busy(self, target: str) -> bool:
-        """Whether this daemon runs an unfinished operation on ``target``."""
+    def busy(self, target: str, since: float | None = None) -> bool:
+        """Whether this daemon runs an unfinished operation on ``target``, or (``since``, a
+        time.monotonic() value) ran one that ended after that moment."""
         with self._cond:
-            return target in self._targets.values()
+            if target in self._targets.values():
+                return True
+            ended = self._ended.get(target)
+            return since is not None and ended is not None and since <= ended
 
     def _progress(self, op_id: str, percent: float, message: str) -> None:
         self._set_live(op_id, OperationState.RUNNING.value, percent, message)

@@ -670,8 +670,10 @@ class VMService:
 
     def on_domain_event(self, event: DomainEvent) -> None:
         """libvirt lifecycle event -> observed VM state (foreign domains are only reported)."""
-        if event.vm_id is None or self.ops.busy(event.vm_id):
-            return  # a VM being created, deleted or migrated here: that operation sets it
+        if event.vm_id is None or self.ops.busy(event.vm_id, since=event.observed):
+            # libvirt told it while an operation of ours owned the VM (created, deleted or
+            # migrated it): that operation records the outcome, even if the event arrives late
+            return
         new = OBSERVED[event.state].value
         reason = event.reason
         if event.reason == "undefined":

@@ -276,7 +276,8 @@ class LibvirtConnection:
     ) -> None:
         """libvirt's lifecycle callback (event loop thread): only read local fields, enqueue."""
         uuid, name = dom.UUIDString(), dom.name()
-        self._dispatcher.submit(lambda: self._emit(dom, uuid, name, event, detail))
+        observed = time.monotonic()
+        self._dispatcher.submit(lambda: self._emit(dom, uuid, name, event, detail, observed))
 
     def _register_nodedev_events(self, conn: libvirt.virConnect) -> int | None:
         """Node device lifecycle events (a GPU or an mdev appears or goes): best effort, some
@@ -305,7 +306,15 @@ class LibvirtConnection:
         for listener in listeners:
             self._dispatcher.submit(functools.partial(listener, name))
 
-    def _emit(self, dom: libvirt.virDomain, uuid: str, name: str, event: int, detail: int) -> None:
+    def _emit(
+        self,
+        dom: libvirt.virDomain,
+        uuid: str,
+        name: str,
+        event: int,
+        detail: int,
+        observed: float,
+    ) -> None:
         reason, detail_name, state = event_names(event, detail)
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             vm_id = self._owned.get(uuid)
@@ -332,6 +341,7 @@ class LibvirtConnection:
             state=state,
             reason=reason,
             detail=detail_name,
+            observed=observed,
         )
         with self._lock:
             listeners = list(self._event_listeners)
