@@ -299,6 +299,7 @@ def test_lifecycle_events_reach_listeners(conn: LibvirtConnection) -> None:
     conn.on_domain_event(events.append)
     s = spec()
     conn.define(s)
+    assert conn.drain_events()  # a DEFINED event reports the run state when it is handled
     conn.start(s.vm_id)
     conn.suspend(s.vm_id)
     conn.resume(s.vm_id)

@@ -84,15 +84,11 @@ DETAILS: dict[int, tuple[str, ...]] = {
 def event_names(event: int, detail: int) -> tuple[str, str, DomainState | None]:
     """(reason, detail name, state or None when the state must be read from libvirt).
 
-    A newly added definition is stopped; an updated one or an undefine (a running domain
-    stays, as transient) says nothing about the run state, so that is read.
+    A definition (added or updated) or an undefine (a running domain stays, as transient)
+    says nothing about the run state, so that is read when the event is handled: an added
+    domain is stopped when libvirt tells it, but may be running by the time it is handled.
     """
     reason, state = EVENTS.get(event, (f"event-{event}", DomainState.UNKNOWN))
-    if (
-        event == libvirt.VIR_DOMAIN_EVENT_DEFINED
-        and detail == libvirt.VIR_DOMAIN_EVENT_DEFINED_ADDED
-    ):
-        state = DomainState.STOPPED
     details = DETAILS.get(event, ())
     detail_name = details[detail] if 0 <= detail < len(details) else str(detail)
     return reason, detail_name, state
