@@ -300,6 +300,32 @@ def test_mutating_calls_are_audited_reads_are_not(sec: Secured) -> None:
     assert [r.method for r in only_op] == ["VMService.SuspendVM", "VMService.StartVM"]
 
 
+def test_create_vm_is_audited_once_whether_it_succeeds_or_fails(sec: Secured) -> None:
+    """A successful CreateVM writes its record in the create's own transaction; a refused
+    or failed one gets its record from the interceptor, as every other call does."""
+    d = sec.d
+    with d.core.store.read_session() as s:
+        before = repo.list_audit(s)[-1].seq or 0
+    made, call_ = d.vms.CreateVM.with_call(vm_pb2.CreateVMRequest(spec=spec("audited")),
+                                           metadata=sec.operator)
+    rid = dict(call_.initial_metadata())["x-request-id"]
+    rpc_error(d.vms.CreateVM, vm_pb2.CreateVMRequest(spec=spec("audited")),
+              metadata=(*sec.operator, ("x-request-id", "dup-1")))
+    rpc_error(d.vms.CreateVM, vm_pb2.CreateVMRequest(spec=spec("denied")),
+              metadata=sec.viewer)
+    with d.core.store.read_session() as s:
+        rows = [r for r in repo.list_audit(s) if (r.seq or 0) > before]
+        vm = vm_repo.find_vm(s, made.operation.target)
+    assert [(r.principal, r.method, r.target, r.result_code) for r in rows] == [
+        ("op", "VMService.CreateVM", "audited", "OK"),
+        ("op", "VMService.CreateVM", "audited", "ALREADY_EXISTS"),
+        ("view", "VMService.CreateVM", "denied", "PERMISSION_DENIED"),
+    ]
+    assert rows[0].message == f"[{rid}] operation {made.operation.id}"
+    assert rows[0].project == "team" and vm is not None
+    assert rows[1].message.startswith("[dup-1]") and "already exists" in rows[1].message
+
+
 def test_the_audit_log_has_no_update_or_delete(sec: Secured) -> None:
     names = dir(repo)
     assert "append_audit" in names and "list_audit" in names

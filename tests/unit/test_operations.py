@@ -11,6 +11,7 @@ from sqlalchemy import delete
 from sqlmodel import col
 from state_fixtures import *  # noqa: F403  (the store fixtures)
 
+from vmmgr import calls
 from vmmgr.errors import NotFound
 from vmmgr.services.events import EventBus, EventRecord
 from vmmgr.services.operations import OperationContext, Operations
@@ -80,3 +81,14 @@ def test_busy_while_running_and_finished_ops_come_from_memory(store: Store) -> N
     with pytest.raises(NotFound):
         Operations(store, ops.events).get(op.id)
     ops.shutdown()
+
+
+def test_only_an_id_generated_for_the_call_being_served_is_new() -> None:
+    """A create skips the retry lookup only for such an id: no earlier call can hold it."""
+    assert not calls.is_new_request_id("r1")  # outside any RPC
+    with calls.serving(calls.Call("r1", True, None)):
+        assert calls.is_new_request_id("r1")
+        assert not calls.is_new_request_id("r2")
+    with calls.serving(calls.Call("r1", False, None)):  # the client chose it: may be a retry
+        assert not calls.is_new_request_id("r1")
+    assert calls.current() is None

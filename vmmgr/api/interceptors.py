@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from sqlmodel import Session
 
-from vmmgr import logs
+from vmmgr import calls, logs
 from vmmgr.api.errors import _abort
 from vmmgr.auth import permissions as perm
 from vmmgr.auth.principal import Principal, authenticate
@@ -109,6 +110,7 @@ class _Call:
     error: str = ""
     response_note: str = ""
     completed: bool = False
+    served: calls.Call | None = None  # what the services saw of this call (CreateVM)
 
 
 class ApiInterceptor(grpc.ServerInterceptor):
@@ -254,7 +256,16 @@ class ApiInterceptor(grpc.ServerInterceptor):
         it (the quota is checked by the VM service, under its placement lock)."""
         if call.generated_id and not request.request_id:
             request.request_id = call.request_id
-        return inner(request, context)
+        served = calls.Call(
+            call.request_id,
+            call.generated_id,
+            (lambda s, note: self._append_audit(s, call, "OK", f"[{call.request_id}] {note}"))
+            if self.audit and call.method in perm.MUTATING
+            else None,
+        )
+        call.served = served
+        with calls.serving(served):
+            return inner(request, context)
 
     def _refuse(self, call: _Call, context: grpc.ServicerContext, exc: VmmgrError) -> None:
         call.error = str(exc)
@@ -271,29 +282,35 @@ class ApiInterceptor(grpc.ServerInterceptor):
             if self.metrics is not None:
                 self.metrics.rpc_in_flight.dec()
                 self.metrics.observe_rpc(call.method, code, time.perf_counter() - call.started)
-            if self.audit and call.method in perm.MUTATING:
+            written = code == "OK" and call.served is not None and call.served.audited
+            if self.audit and call.method in perm.MUTATING and not written:
                 self._write_audit(call, code, context)
         finally:
             logs.request_id.set(call.previous_rid)
 
     def _write_audit(self, call: _Call, code: str, context: grpc.ServicerContext) -> None:
-        request = call.request if call.request is not MALFORMED else None
         message = call.error or (_details(context) if code != "OK" else call.response_note)
         try:
             with self.store.session() as s:
-                repo.append_audit(
-                    s,
-                    principal=printable(call.who.name if call.who else "unauthenticated", 128),
-                    method=perm.short_name(call.method),
-                    project=printable(audit_project(request, call.who), 128),
-                    target=printable(audit_target(request) if request is not None else "", 256),
-                    result_code=code,
-                    message=printable(f"[{call.request_id}] {message}".strip()),
-                )
+                self._append_audit(s, call, code, f"[{call.request_id}] {message}".strip())
         except Exception:  # noqa: BLE001 - the call already happened; never hide that
             log.exception("could not write the audit record of %s", call.method)
             if self.metrics is not None:
                 self.metrics.audit_write_errors.inc()
+
+
+    @staticmethod
+    def _append_audit(session: Session, call: _Call, code: str, message: str) -> None:
+        request = call.request if call.request is not MALFORMED else None
+        repo.append_audit(
+            session,
+            principal=printable(call.who.name if call.who else "unauthenticated", 128),
+            method=perm.short_name(call.method),
+            project=printable(audit_project(request, call.who), 128),
+            target=printable(audit_target(request) if request is not None else "", 256),
+            result_code=code,
+            message=printable(message),
+        )
 
 
 def _status_name(context: grpc.ServicerContext, completed: bool) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from vmmgr import calls
 from vmmgr.auth.quota import check_quota, demand_of
 from vmmgr.config import Config
 from vmmgr.errors import (
@@ -235,7 +236,7 @@ class VMService:
             # name and the placement all hold until the row is committed, so concurrent
             # creates cannot both pass.
             with self._place_lock, self.store.session() as s:
-                if request_id:
+                if request_id and not calls.is_new_request_id(request_id):
                     prior = repo.find_operation_by_request_id(s, request_id)
                     if prior is not None:
                         seed.discard()
@@ -293,6 +294,8 @@ class VMService:
                 op = self.ops.record(
                     s, "vm.create", vm_id, request_id=request_id, message=f"placed on {host}"
                 )
+                if (call := calls.current()) is not None:
+                    call.audit_in(s, f"operation {op.id}")
         except BaseException:
             seed.discard()
             raise
