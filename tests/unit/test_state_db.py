@@ -95,6 +95,40 @@ def test_sqlite_file_pragmas(tmp_path: Path, backend: str) -> None:
         store.close()
 
 
+def test_a_read_session_does_not_wait_for_an_open_writer(store: Store) -> None:
+    """A write transaction holds SQLite's write lock from its start (BEGIN IMMEDIATE); a read
+    session must not queue behind it (nor behind a Postgres writer), and sees the last commit."""
+    with store.session() as s:
+        repo.add_host(s, Host(name="old", uri="x"))
+    seen: list[list[str]] = []
+    with store.session() as w:
+        repo.add_host(w, Host(name="pending", uri="x"))
+        reader = threading.Thread(
+            target=lambda: seen.append([h.name for h in _read_hosts(store)])
+        )
+        reader.start()
+        reader.join(timeout=5)  # busy_timeout is 10 s: a queued reader would still wait
+        assert not reader.is_alive()
+    assert seen == [["old"]]
+    with store.session() as w:  # and the write lock is really taken at the first statement
+        w.connection()
+        blocked = threading.Thread(target=lambda: _write_host(store, "late"))
+        blocked.start()
+        blocked.join(timeout=0.5)
+        assert blocked.is_alive() or store.backend != "sqlite"
+    blocked.join(timeout=15)
+
+
+def _read_hosts(store: Store) -> list[Host]:
+    with store.read_session() as s:
+        return repo.list_hosts(s)
+
+
+def _write_host(store: Store, name: str) -> None:
+    with store.session() as s:
+        repo.add_host(s, Host(name=name, uri="x"))
+
+
 def test_sqlite_in_memory_is_one_shared_database(tmp_path: Path, backend: str) -> None:
     _only_once(backend)
     store = open_store("sqlite://", tmp_path)

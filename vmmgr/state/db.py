@@ -38,8 +38,6 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._write_bind = engine.execution_options(**{_WRITE_OPTION: True})
-        self._read_bind = engine.execution_options(**{_WRITE_OPTION: False})
 
     @property
     def backend(self) -> str:
@@ -52,19 +50,21 @@ class Store:
 
         Objects stay usable after the block (``expire_on_commit=False``), detached.
         """
-        with self._session(self._write_bind) as s:
+        with self._session(write=True) as s:
             yield s
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
         """A transaction meant for reads (on SQLite it does not take the write lock up front)."""
-        with self._session(self._read_bind) as s:
+        with self._session(write=False) as s:
             yield s
 
     @contextmanager
-    def _session(self, bind: Engine) -> Iterator[Session]:
-        with Session(bind, expire_on_commit=False) as s:
+    def _session(self, *, write: bool) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
             try:
+                if not write:  # the option rides on the connection, read by the begin hook
+                    s.connection(execution_options={_WRITE_OPTION: False})
                 yield s
                 s.commit()
             except BaseException:
@@ -137,6 +137,10 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE_OPTION, True)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        # straight to the driver: every transaction starts here, and SQLAlchemy's statement
+        # machinery would cost several times the BEGIN itself
+        conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+            "BEGIN IMMEDIATE" if write else "BEGIN"
+        )
 
     return engine

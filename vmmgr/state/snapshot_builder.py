@@ -11,7 +11,7 @@ Counting conservatively can only make placement refuse, never overcommit.
 process exists). Devices: only ``present`` devices appear; ``claimed_by`` is the VM holding the
 whole device; a VM holding any device claim is not live-migratable.
 
-Speed: one Core query per table (no ORM objects, no JSON spec decoding for VMs), so a
+Speed: one prepared query per table (no ORM objects, no JSON spec decoding for VMs), so a
 snapshot of 10,000 VMs costs a few table scans.
 """
 
@@ -50,6 +50,7 @@ from vmmgr.state.models import (
     VMGroupMember,
     VMState,
 )
+from vmmgr.state.prepared import Prepared
 
 RUNNING_STATES = frozenset(
     {VMState.RUNNING, VMState.PAUSED, VMState.MIGRATING, VMState.SHUTTING_DOWN}
@@ -62,22 +63,30 @@ def _latest(table: Any, key: Any, value: Any) -> Any:
     return select(key, value).join(newest, and_(key == newest.c.k, table.time == newest.c.t))
 
 
-# Built once: constructing a statement costs several times what running it does here.
-_DEVICE_UTIL = _latest(DeviceSample, col(DeviceSample.device_id), col(DeviceSample.gpu_util))
-_HOST_LOAD = _latest(HostSample, col(HostSample.host), col(HostSample.cpu_util))
-_CLAIMS = sa_select(
-    col(DeviceClaim.vm_id),
-    col(DeviceClaim.device_id),
-    col(DeviceClaim.kind),
-    col(DeviceClaim.mdev_type),
-    col(DeviceClaim.mig_profile),
+# Built and compiled once: building and compiling cost several times running them here.
+_DEVICE_UTIL = Prepared(
+    _latest(DeviceSample, col(DeviceSample.device_id), col(DeviceSample.gpu_util))
 )
-_MEMBERS = sa_select(col(VMGroupMember.vm_id), col(VMGroupMember.group_name)).order_by(
-    col(VMGroupMember.group_name)
+_HOST_LOAD = Prepared(_latest(HostSample, col(HostSample.host), col(HostSample.cpu_util)))
+_CLAIMS = Prepared(
+    sa_select(
+        col(DeviceClaim.vm_id),
+        col(DeviceClaim.device_id),
+        col(DeviceClaim.kind),
+        col(DeviceClaim.mdev_type),
+        col(DeviceClaim.mig_profile),
+    )
 )
-_GROUPS = sa_select(
-    col(PlacementGroup.name), col(PlacementGroup.policy), col(PlacementGroup.hard)
-).order_by(col(PlacementGroup.name))
+_MEMBERS = Prepared(
+    sa_select(col(VMGroupMember.vm_id), col(VMGroupMember.group_name)).order_by(
+        col(VMGroupMember.group_name)
+    )
+)
+_GROUPS = Prepared(
+    sa_select(
+        col(PlacementGroup.name), col(PlacementGroup.policy), col(PlacementGroup.hard)
+    ).order_by(col(PlacementGroup.name))
+)
 _VM_COLUMNS = (
     col(VM.id),
     col(VM.name),
@@ -89,21 +98,23 @@ _VM_COLUMNS = (
     col(VM.ha),
     col(VM.ha_priority),
 )
-_VMS = sa_select(*_VM_COLUMNS).order_by(col(VM.id))
-_MEMBER_VMS = (
+_VMS = Prepared(sa_select(*_VM_COLUMNS).order_by(col(VM.id)))
+_MEMBER_VMS = Prepared(
     sa_select(*_VM_COLUMNS)
     .where(col(VM.id).in_(sa_select(col(VMGroupMember.vm_id))))
     .order_by(col(VM.id))
 )
-_USAGE = (
+_USAGE = Prepared(
     sa_select(col(VM.host), func.sum(VM.vcpus), func.sum(VM.memory_mib), func.sum(VM.disk_gib))
     .where(col(VM.host).is_not(None))
     .group_by(col(VM.host))
 )
 _DEVICE_T = Device.__table__  # type: ignore[attr-defined]
-_DEVICES = sa_select(_DEVICE_T).where(_DEVICE_T.c.present.is_(True)).order_by(_DEVICE_T.c.id)
+_DEVICES = Prepared(
+    sa_select(_DEVICE_T).where(_DEVICE_T.c.present.is_(True)).order_by(_DEVICE_T.c.id)
+)
 _HOST_T = Host.__table__  # type: ignore[attr-defined]
-_HOSTS = sa_select(_HOST_T).order_by(_HOST_T.c.name)
+_HOSTS = Prepared(sa_select(_HOST_T).order_by(_HOST_T.c.name))
 
 
 def _mig_snap(mig: dict[str, Any], claimed_profiles: list[str]) -> MigSnap | None:
@@ -140,13 +151,12 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     with the number of VMs: per-host usage is summed by the database, ``vms`` holds only VMs in
     placement groups (for affinity) and ``HostSnap.vms`` is empty.
     """
-    conn = session.connection()  # Core rows only: no ORM objects, no identity map
     # ---- claims, indexed both ways
     whole_by_device: dict[str, str] = {}
     mdev_by_device: dict[str, list[str]] = defaultdict(list)
     mig_by_device: dict[str, list[str]] = defaultdict(list)
     claims_by_vm: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
-    for vm_id, dev_id, kind, mdev_type, mig_profile in conn.execute(_CLAIMS):
+    for vm_id, dev_id, kind, mdev_type, mig_profile in _CLAIMS.rows(session, {}):
         claims_by_vm[vm_id].append((dev_id, kind, mdev_type, mig_profile))
         if kind == ClaimKind.PCI:
             whole_by_device[dev_id] = vm_id
@@ -158,12 +168,12 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     # ---- groups
     members: dict[str, set[str]] = defaultdict(set)
     groups_by_vm: dict[str, list[str]] = defaultdict(list)
-    for vm_id, group in conn.execute(_MEMBERS):
+    for vm_id, group in _MEMBERS.rows(session, {}):
         members[group].add(vm_id)
         groups_by_vm[vm_id].append(group)
     groups = tuple(
         GroupSnap(name=name, policy=policy, hard=hard, members=frozenset(members.get(name, ())))
-        for name, policy, hard in conn.execute(_GROUPS)
+        for name, policy, hard in _GROUPS.rows(session, {})
     )
 
     # ---- VMs and per-host usage
@@ -171,9 +181,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     vms_by_host: dict[str, list[str]] = defaultdict(list)
     vm_snaps: list[VMSnap] = []
     if placement_only:
-        for host, vcpus, memory_mib, disk_gib in conn.execute(_USAGE):
+        for host, vcpus, memory_mib, disk_gib in _USAGE.rows(session, {}):
             used[str(host)] = [int(vcpus or 0), int(memory_mib or 0), int(disk_gib or 0)]
-    vm_rows = conn.execute(_MEMBER_VMS if placement_only else _VMS)
+    vm_rows = (_MEMBER_VMS if placement_only else _VMS).rows(session, {})
     for vm_id, name, host, vcpus, memory_mib, disk_gib, state, ha, priority in vm_rows:
         if host is not None and not placement_only:
             u = used[host]
@@ -202,9 +212,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
         )
 
     # ---- devices
-    util = {d: u / 100.0 for d, u in conn.execute(_DEVICE_UTIL) if u is not None}
+    util = {d: u / 100.0 for d, u in _DEVICE_UTIL.rows(session, {}) if u is not None}
     devices_by_host: dict[str, list[DeviceSnap]] = defaultdict(list)
-    for dev in conn.execute(_DEVICES):
+    for dev in _DEVICES.rows(session, {}):
         mdev_claims = mdev_by_device.get(dev.id, [])
         devices_by_host[dev.host].append(
             DeviceSnap(
@@ -237,9 +247,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
         )
 
     # ---- hosts
-    load = {h: u for h, u in conn.execute(_HOST_LOAD) if u is not None}
+    load = {h: u for h, u in _HOST_LOAD.rows(session, {}) if u is not None}
     hosts = []
-    for h in conn.execute(_HOSTS):
+    for h in _HOSTS.rows(session, {}):
         u = used.get(h.name, [0, 0, 0])
         hosts.append(
             HostSnap(

@@ -9,12 +9,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Insert, Select, Table, bindparam, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel
 
 from vmmgr.errors import InvalidArgument, NotFound, VmmgrError
+from vmmgr.state.prepared import Prepared
 
 T = TypeVar("T", bound=SQLModel)
 I = TypeVar("I")  # noqa: E741
@@ -67,47 +68,51 @@ def insert(
     return obj
 
 
-_INSERTS: dict[str, tuple[Insert, tuple[tuple[str, bool], ...]]] = {}
+_INSERTS: dict[tuple[str, tuple[str, ...]], Prepared] = {}
 
 
-def insert_rows(session: Session, model: type[SQLModel], objs: Collection[SQLModel]) -> Any:
-    """INSERT ``objs`` (rows of ``model``) as one Core statement; its result.
+def insert_rows(session: Session, model: type[SQLModel], objs: Collection[SQLModel]) -> list[Any]:
+    """INSERT ``objs`` (rows of ``model``); the primary key of each, in order.
 
     Hot write paths (a VM create, an operation, an audit or event row) use this instead of
     ``session.add``: the ORM's unit of work costs several times the statement itself. The
-    objects are not attached to the session; an unset autoincrement key is left to the database.
+    objects are not attached to the session; an unset primary key (autoincrement) is left to
+    the database and read back.
     """
     table: Table = model.__table__  # type: ignore[attr-defined]
-    if table.name not in _INSERTS:
-        _INSERTS[table.name] = (
-            sa_insert(table),
-            tuple((c.name, bool(c.primary_key)) for c in table.columns),
-        )
-    stmt, columns = _INSERTS[table.name]
-    rows = [
-        {
-            name: value
-            for name, key in columns
-            if (value := getattr(obj, name)) is not None or not key
-        }
-        for obj in objs
-    ]
-    return session.connection().execute(stmt, rows)
+    pks = list(table.primary_key.columns)
+    keys: list[Any] = []
+    for obj in objs:
+        row = {c.name: getattr(obj, c.name) for c in table.columns}
+        generated = [c for c in pks if row[c.name] is None]
+        for c in generated:
+            del row[c.name]
+        names = tuple(row)
+        stmt = _INSERTS.get((table.name, names))
+        if stmt is None:
+            query = sa_insert(table).returning(*generated) if generated else sa_insert(table)
+            stmt = _INSERTS[(table.name, names)] = Prepared(query, column_keys=names)
+        if generated:
+            keys.append(stmt.first(session, row)[0])
+        else:
+            stmt.execute(session, row)
+            keys.append(row[pks[0].name] if len(pks) == 1 else tuple(row[c.name] for c in pks))
+    return keys
 
 
-_GETS: dict[str, Select[Any]] = {}
+_GETS: dict[str, Prepared] = {}
 
 
 def read_row(session: Session, model: type[T], key: Any) -> T | None:
-    """The row of ``model`` with primary key ``key``, read with one Core SELECT, detached:
-    for hot read-only lookups (``session.get`` costs twice as much). Never change and flush it."""
+    """The row of ``model`` with primary key ``key``, detached: for hot read-only lookups
+    (``session.get`` costs several times as much). Never change and flush it."""
     table: Table = model.__table__  # type: ignore[attr-defined]
     stmt = _GETS.get(table.name)
     if stmt is None:
         (pk,) = table.primary_key.columns
-        stmt = _GETS[table.name] = select(table).where(pk == bindparam("key"))
-    row = session.connection().execute(stmt, {"key": key}).mappings().first()
-    return None if row is None else model(**row)
+        stmt = _GETS[table.name] = Prepared(select(table).where(pk == bindparam("key")))
+    row = stmt.first(session, {"key": key})
+    return None if row is None else model(**row._asdict())
 
 
 def get_or_404(session: Session, model: type[T], key: Any, what: str) -> T:

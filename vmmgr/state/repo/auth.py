@@ -137,7 +137,7 @@ def append_audit(
         result_code=result_code,
         message=message,
     )
-    rec.seq = insert_rows(session, AuditRecord, [rec]).inserted_primary_key[0]
+    (rec.seq,) = insert_rows(session, AuditRecord, [rec])
     return rec
 
 

@@ -37,7 +37,7 @@ def append_event(
         attributes=dict(attributes or {}),
         time=time or utcnow(),
     )
-    ev.seq = insert_rows(session, Event, [ev]).inserted_primary_key[0]
+    (ev.seq,) = insert_rows(session, Event, [ev])
     return ev
 
 

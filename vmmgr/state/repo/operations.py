@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, update
+from sqlalchemy import bindparam, delete, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from vmmgr.errors import FailedPrecondition, InvalidArgument, NotFound, VmmgrError
 from vmmgr.state.models import Operation, OperationState
+from vmmgr.state.prepared import Prepared
 from vmmgr.state.repo._common import check_choice, get_or_404, insert_rows
 from vmmgr.state.types import utcnow
 
@@ -39,7 +40,7 @@ def get_operation(session: Session, op_id: str) -> Operation:
     return get_or_404(session, Operation, op_id, "operation")
 
 
-_BY_REQUEST_ID = (
+_BY_REQUEST_ID = Prepared(
     sa_select(_OP)
     .where(_OP.c.request_id == bindparam("request_id"))
     .order_by(_OP.c.created_at.desc())
@@ -51,9 +52,8 @@ def find_operation_by_request_id(session: Session, request_id: str) -> Operation
     """The operation a retried request already started (idempotency), newest first."""
     if not request_id:
         return None
-    row = session.connection().execute(_BY_REQUEST_ID, {"request_id": request_id})
-    found = row.mappings().first()
-    return None if found is None else Operation(**found)
+    found = _BY_REQUEST_ID.first(session, {"request_id": request_id})
+    return None if found is None else Operation(**found._asdict())
 
 
 def list_operations(
@@ -121,10 +121,10 @@ _FINISHED = (  # the columns finishing sets
     "updated_at",
     "finished_at",
 )
-_GET = sa_select(_OP).where(_OP.c.id == bindparam("op_id"))
-_FINISH = (
+_GET = Prepared(sa_select(_OP).where(_OP.c.id == bindparam("op_id")))
+_FINISH = Prepared(
     update(_OP)
-    .where(_OP.c.id == bindparam("op_id"), _OP.c.state.in_(_UNFINISHED))
+    .where(_OP.c.id == bindparam("op_id"), or_(*(_OP.c.state == s for s in _UNFINISHED)))
     .values({name: bindparam(f"new_{name}") for name in _FINISHED})
 )
 
@@ -149,10 +149,10 @@ def finish_operation(
     )
     if state == OperationState.FAILED and error is None:
         raise InvalidArgument("error", "a failed operation needs its error")
-    conn = session.connection()
-    row = conn.execute(_GET, {"op_id": op_id}).mappings().first()
-    if row is None:
+    found = _GET.first(session, {"op_id": op_id})
+    if found is None:
         raise NotFound(f"operation {op_id!r} not found")
+    row = found._asdict()
     if row["state"] not in _UNFINISHED:
         raise FailedPrecondition(f"operation {op_id!r} already {row['state']}")
     now = utcnow()
@@ -167,8 +167,8 @@ def finish_operation(
         "updated_at": now,
         "finished_at": now,
     }
-    done = conn.execute(_FINISH, {"op_id": op_id, **{f"new_{k}": v for k, v in new.items()}})
-    if done.rowcount != 1:
+    done = _FINISH.execute(session, {"op_id": op_id, **{f"new_{k}": v for k, v in new.items()}})
+    if done != 1:
         raise FailedPrecondition(f"operation {op_id!r} finished meanwhile")
     return Operation(**{**row, **new})
 

@@ -22,6 +22,7 @@ from vmmgr.state.models import (
     VMState,
     Volume,
 )
+from vmmgr.state.prepared import Prepared
 from vmmgr.state.repo._common import (
     Page,
     check_choice,
@@ -97,7 +98,7 @@ def find_vm(session: Session, vm_id: str) -> VM | None:
     return session.get(VM, vm_id)
 
 
-_NAME_TAKEN = (
+_NAME_TAKEN = Prepared(
     sa_select(col(VM.id))
     .where(col(VM.project) == bindparam("project"), col(VM.name) == bindparam("name"))
     .limit(1)
@@ -105,15 +106,17 @@ _NAME_TAKEN = (
 
 
 def name_taken(session: Session, name: str, project: str) -> bool:
-    return session.execute(_NAME_TAKEN, {"project": project, "name": name}).first() is not None
+    return _NAME_TAKEN.first(session, {"project": project, "name": name}) is not None
 
 
-_STATE_AND_HOST = sa_select(col(VM.state), col(VM.host)).where(col(VM.id) == bindparam("vm_id"))
+_STATE_AND_HOST = Prepared(
+    sa_select(col(VM.state), col(VM.host)).where(col(VM.id) == bindparam("vm_id"))
+)
 
 
 def state_and_host(session: Session, vm_id: str) -> tuple[str, str | None] | None:
     """A VM's (state, host), None if there is no such VM: what every libvirt event asks."""
-    row = session.connection().execute(_STATE_AND_HOST, {"vm_id": vm_id}).first()
+    row = _STATE_AND_HOST.first(session, {"vm_id": vm_id})
     return None if row is None else (row[0], row[1])
 
 
@@ -200,7 +203,7 @@ def project_usage(session: Session, project: str) -> Usage:
 
 
 _VM = VM.__table__  # type: ignore[attr-defined]
-_SET_STATE = (
+_SET_STATE = Prepared(
     update(_VM)
     .where(_VM.c.id == bindparam("vm_id"))
     .values(
@@ -214,10 +217,10 @@ _SET_STATE = (
 
 def set_vm_state(session: Session, vm_id: str, state: VMState, reason: str = "") -> None:
     """``update_vm`` for the hottest change, the observed state, in one statement."""
-    result = session.connection().execute(
-        _SET_STATE, {"vm_id": vm_id, "new_state": state.value, "reason": reason, "now": utcnow()}
+    changed = _SET_STATE.execute(
+        session, {"vm_id": vm_id, "new_state": state.value, "reason": reason, "now": utcnow()}
     )
-    if result.rowcount != 1:
+    if changed != 1:
         raise NotFound(f"vm {vm_id!r} not found")
 
 
