@@ -22,6 +22,7 @@ from test_state_db import *  # noqa: E402, F403
 from test_state_migrations import *  # noqa: E402, F403
 from test_state_misc import *  # noqa: E402, F403
 from test_state_prepared import *  # noqa: E402, F403
+from test_state_rows import *  # noqa: E402, F403
 from test_state_snapshot import *  # noqa: E402, F403
 from test_state_vms import *  # noqa: E402, F403
 

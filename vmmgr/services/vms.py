@@ -69,6 +69,7 @@ from vmmgr.state.models import (
 from vmmgr.state.repo import hosts as host_repo
 from vmmgr.state.repo import vms as vm_repo
 from vmmgr.state.repo import volumes as volume_repo
+from vmmgr.state.rows import build
 from vmmgr.state.snapshot_builder import build_snapshot
 from vmmgr.undo import UndoStack
 
@@ -264,26 +265,29 @@ class VMService:
                 numa = numa_node(placement, snap)
                 vm = vm_repo.add_vm(
                     s,
-                    VM(
-                        id=vm_id,
-                        name=req.name,
-                        project=req.project,
-                        owner=owner,
-                        description=req.description,
-                        host=host,
-                        vcpus=req.vcpus,
-                        memory_mib=req.memory_mib,
-                        disk_gib=sum(d.size_gib for d in req.disks),
-                        image=req.disks[0].image,
-                        spec=req.to_json(),
-                        desired_power=(
-                            PowerState.RUNNING if req.start else PowerState.STOPPED
-                        ).value,
-                        state=VMState.CREATING.value,
-                        labels=dict(req.labels),
-                        ha=req.ha,
-                        ha_priority=req.ha_priority,
-                        domain_uuid=vm_id,
+                    build(
+                        VM,
+                        {
+                            "id": vm_id,
+                            "name": req.name,
+                            "project": req.project,
+                            "owner": owner,
+                            "description": req.description,
+                            "host": host,
+                            "vcpus": req.vcpus,
+                            "memory_mib": req.memory_mib,
+                            "disk_gib": sum(d.size_gib for d in req.disks),
+                            "image": req.disks[0].image,
+                            "spec": req.to_json(),
+                            "desired_power": (
+                                PowerState.RUNNING if req.start else PowerState.STOPPED
+                            ).value,
+                            "state": VMState.CREATING.value,
+                            "labels": dict(req.labels),
+                            "ha": req.ha,
+                            "ha_priority": req.ha_priority,
+                            "domain_uuid": vm_id,
+                        },
                     ),
                     self._volume_rows(vm_id, host, req),
                 )
@@ -441,13 +445,16 @@ class VMService:
         names = [(f"{vm_id}-disk{i}.qcow2", VolumeKind.OVERLAY) for i in range(len(req.disks))]
         names.append((f"{vm_id}-seed.iso", VolumeKind.SEED))
         return [
-            Volume(
-                vm_id=vm_id,
-                host=host,
-                pool=self.config.vm_pool,
-                name=n,
-                path=os.path.join(self.config.vm_pool_path, n),
-                kind=k.value,
+            build(
+                Volume,
+                {
+                    "vm_id": vm_id,
+                    "host": host,
+                    "pool": self.config.vm_pool,
+                    "name": n,
+                    "path": os.path.join(self.config.vm_pool_path, n),
+                    "kind": k.value,
+                },
             )
             for n, k in names
         ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -16,6 +17,7 @@ from sqlmodel import Session, SQLModel
 
 from vmmgr.errors import InvalidArgument, NotFound, VmmgrError
 from vmmgr.state.prepared import Prepared
+from vmmgr.state.rows import build
 
 T = TypeVar("T", bound=SQLModel)
 I = TypeVar("I")  # noqa: E741
@@ -100,6 +102,26 @@ def insert_rows(session: Session, model: type[SQLModel], objs: Collection[SQLMod
     return keys
 
 
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A SAVEPOINT around prepared statements: an error inside undoes them and leaves the
+    caller's transaction usable (on Postgres too). ``Session.begin_nested`` does the same with
+    ORM bookkeeping that costs more than the inserts; pending ORM changes are flushed before,
+    so a rollback here never takes rows the ORM believes written."""
+    session.flush()
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute("SAVEPOINT vmmgr_rows")
+        try:
+            yield
+        except BaseException:
+            cursor.execute("ROLLBACK TO SAVEPOINT vmmgr_rows")
+            raise
+        cursor.execute("RELEASE SAVEPOINT vmmgr_rows")
+    finally:
+        cursor.close()
+
+
 _GETS: dict[str, Prepared] = {}
 
 
@@ -112,7 +134,7 @@ def read_row(session: Session, model: type[T], key: Any) -> T | None:
         (pk,) = table.primary_key.columns
         stmt = _GETS[table.name] = Prepared(select(table).where(pk == bindparam("key")))
     row = stmt.first(session, {"key": key})
-    return None if row is None else model(**row._asdict())
+    return None if row is None else build(model, row._asdict())
 
 
 def get_or_404(session: Session, model: type[T], key: Any, what: str) -> T:

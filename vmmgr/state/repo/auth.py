@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from vmmgr.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from vmmgr.state.models import VM, AuditRecord, Project, Role, Token
 from vmmgr.state.repo._common import check_choice, get_or_404, insert, insert_rows
+from vmmgr.state.rows import build
 from vmmgr.state.types import utcnow
 
 TOKEN_PREFIX = "vmm_"
@@ -128,14 +129,17 @@ def append_audit(
     time: datetime | None = None,
 ) -> AuditRecord:
     """Append one record. There is deliberately no update or delete for the audit log."""
-    rec = AuditRecord(
-        time=time or utcnow(),
-        principal=principal,
-        project=project,
-        method=method,
-        target=target,
-        result_code=result_code,
-        message=message,
+    rec = build(
+        AuditRecord,
+        {
+            "time": time or utcnow(),
+            "principal": principal,
+            "project": project,
+            "method": method,
+            "target": target,
+            "result_code": result_code,
+            "message": message,
+        },
     )
     (rec.seq,) = insert_rows(session, AuditRecord, [rec])
     return rec

@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 from vmmgr.errors import InvalidArgument
 from vmmgr.state.models import Event
 from vmmgr.state.repo._common import check_choice, insert_rows
+from vmmgr.state.rows import build
 from vmmgr.state.types import utcnow
 
 MAX_EVENT_PAGE = 10_000
@@ -29,13 +30,16 @@ def append_event(
     time: datetime | None = None,
 ) -> Event:
     check_choice("severity", severity, SEVERITIES)
-    ev = Event(
-        kind=kind,
-        resource=resource,
-        message=message,
-        severity=severity,
-        attributes=dict(attributes or {}),
-        time=time or utcnow(),
+    ev = build(
+        Event,
+        {
+            "kind": kind,
+            "resource": resource,
+            "message": message,
+            "severity": severity,
+            "attributes": dict(attributes or {}),
+            "time": time or utcnow(),
+        },
     )
     (ev.seq,) = insert_rows(session, Event, [ev])
     return ev

@@ -14,6 +14,7 @@ from vmmgr.errors import FailedPrecondition, InvalidArgument, NotFound, VmmgrErr
 from vmmgr.state.models import Operation, OperationState
 from vmmgr.state.prepared import Prepared
 from vmmgr.state.repo._common import check_choice, get_or_404, insert_rows
+from vmmgr.state.rows import build
 from vmmgr.state.types import utcnow
 
 _OP = Operation.__table__  # type: ignore[attr-defined]
@@ -31,7 +32,9 @@ def create_operation(
 ) -> Operation:
     if not kind:
         raise InvalidArgument("kind", "an operation needs a kind")
-    op = Operation(kind=kind, target=target, request_id=request_id, message=message)
+    op = build(
+        Operation, {"kind": kind, "target": target, "request_id": request_id, "message": message}
+    )
     insert_rows(session, Operation, [op])
     return op
 
@@ -53,7 +56,7 @@ def find_operation_by_request_id(session: Session, request_id: str) -> Operation
     if not request_id:
         return None
     found = _BY_REQUEST_ID.first(session, {"request_id": request_id})
-    return None if found is None else Operation(**found._asdict())
+    return None if found is None else build(Operation, found._asdict())
 
 
 def list_operations(
@@ -170,7 +173,7 @@ def finish_operation(
     done = _FINISH.execute(session, {"op_id": op_id, **{f"new_{k}": v for k, v in new.items()}})
     if done != 1:
         raise FailedPrecondition(f"operation {op_id!r} finished meanwhile")
-    return Operation(**{**row, **new})
+    return build(Operation, {**row, **new})
 
 
 def request_cancel(session: Session, op_id: str) -> Operation:

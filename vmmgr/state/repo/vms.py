@@ -30,6 +30,7 @@ from vmmgr.state.repo._common import (
     encode_token,
     get_or_404,
     insert_rows,
+    savepoint,
     violation_kind,
 )
 from vmmgr.state.repo._common import (
@@ -70,7 +71,7 @@ def add_vm(session: Session, vm: VM, volumes: Collection[Volume] = ()) -> VM:
         check_volume(volume)
     vm.labels = dict(vm.labels)
     try:
-        with session.begin_nested():
+        with savepoint(session):
             insert_rows(session, VM, [vm])
             if vm.labels:
                 insert_rows(
