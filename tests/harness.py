@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from drivers.hypervisor.libvirt.migrator import LibvirtMigrator
 from drivers.image_files import LocalImageFiles
 from vmmgr.config import Config
 from vmmgr.daemon import Core, build_core, build_server, no_agent
+from vmmgr.ports import Hypervisor
 from vmmgr.services.devices import AgentFactory
 from vmmgr.v1 import (
     device_pb2_grpc,
@@ -108,8 +109,13 @@ test_config.__test__ = False  # type: ignore[attr-defined]
 
 
 @contextmanager
-def running_daemon(config: Config, agent_for: AgentFactory = no_agent) -> Iterator[Daemon]:
-    hv = LibvirtHypervisor(LibvirtConfig(keepalive_interval_s=2, keepalive_count=3))
+def running_daemon(
+    config: Config,
+    agent_for: AgentFactory = no_agent,
+    wrap: Callable[[Hypervisor], Hypervisor] = lambda hv: hv,
+) -> Iterator[Daemon]:
+    """``wrap``: puts a test's own seam around the libvirt hypervisor (what hosts answer)."""
+    hv = wrap(LibvirtHypervisor(LibvirtConfig(keepalive_interval_s=2, keepalive_count=3)))
     core = build_core(config, hv, LocalImageFiles(), agent_for, LibvirtMigrator())
     core.start()
     server, port = build_server(core, "127.0.0.1:0", workers=8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,14 @@ import pytest
 
 from tests.harness import TEST_NODE_XML, Daemon, make_qcow2, running_daemon, test_config
 from vmmgr.errors import DriverError
-from vmmgr.ports import DomainEvent, DomainState
+from vmmgr.ports import (
+    DomainEvent,
+    DomainState,
+    HostConnection,
+    Hypervisor,
+    PendingFile,
+    VolumeInfo,
+)
 from vmmgr.state import repo
 from vmmgr.v1 import host_pb2, image_pb2, operation_pb2, vm_pb2
 
@@ -102,6 +110,52 @@ def test_a_late_event_of_the_create_does_not_undo_its_outcome(daemon: Daemon) ->
     assert daemon.vms.GetVM(vm_pb2.GetVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_RUNNING
     daemon.core.vms.on_domain_event(event(time.monotonic()))
     assert daemon.vms.GetVM(vm_pb2.GetVMRequest(vm=vm_id)).vm.state == vm_pb2.VM_STATE_STOPPED
+
+
+class _SeedElsewhere:
+    """Hosts whose pool puts the seed ISO somewhere other than beside the overlays (pool types
+    name volume paths their own way): the domain, defined before the seed volume existed,
+    must be redefined with the real path."""
+
+    def __init__(self, inner: Hypervisor, where: str) -> None:
+        self.inner, self.where = inner, where
+
+    def connect(self, uri: str, *, host_name: str) -> HostConnection:
+        conn = self.inner.connect(uri, host_name=host_name)
+        real_import = conn.import_volume
+
+        def import_volume(pool: str, name: str, source_path: str) -> VolumeInfo:
+            vol = real_import(pool, name, source_path)
+            return dataclasses.replace(vol, path=f"{self.where}/{name}")
+
+        conn.import_volume = import_volume  # type: ignore[method-assign]
+        return conn
+
+    def build_seed(self, meta_data: str, user_data: str, network_config: str) -> PendingFile:
+        return self.inner.build_seed(meta_data, user_data, network_config)
+
+
+def test_a_seed_volume_not_beside_the_overlays_is_what_the_domain_uses(tmp_path: Path) -> None:
+    node = tmp_path / "node.xml"
+    node.write_text(TEST_NODE_XML)
+    image = make_qcow2(tmp_path / "base.qcow2")
+    where = "/srv/elsewhere"
+    with running_daemon(test_config(tmp_path), wrap=lambda hv: _SeedElsewhere(hv, where)) as d:
+        d.hosts.RegisterHost(host_pb2.RegisterHostRequest(name="t1", uri=f"test://{node}"))
+        imported = d.images.ImportImage(
+            image_pb2.ImportImageRequest(name="base", source_path=str(image))
+        ).operation
+        assert d.wait(imported).state == SUCCEEDED
+        op = create(d, spec())
+        assert op.state == SUCCEEDED, op.error
+        vm_id = op.result["vm_id"]
+        xml = d.core.conns.get("t1").domain_xml(vm_id)
+        with d.core.store.read_session() as s:
+            paths = {v.name: v.path for v in repo.list_volumes(s)}
+    seed = f"{vm_id}-seed.iso"
+    assert f"<source file='{where}/{seed}'" in xml.replace('"', "'")
+    assert paths[seed] == f"{where}/{seed}"
+    assert paths[f"{vm_id}-disk0.qcow2"].startswith(d.config.vm_pool_path)
 
 
 def test_create_without_start_leaves_it_stopped(daemon: Daemon) -> None:

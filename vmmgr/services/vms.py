@@ -348,41 +348,47 @@ class VMService:
                             format="qcow2",
                         )
                     )
+                # The domain is defined before the seed volume exists, naming the path the
+                # volume will have (beside the overlays, in the same pool), so defining overlaps
+                # the ISO tool still running; a different real path is redefined below.
+                seed_name = f"{vm_id}-seed.iso"
+                seed_disk = DiskSpec(
+                    path=os.path.join(os.path.dirname(disks[0].path), seed_name),
+                    target="sda",
+                    bus="sata",
+                    device="cdrom",
+                    format="raw",
+                    readonly=True,
+                )
                 ctx.check_cancelled()
-                ctx.progress(50, "writing cloud-init seed")
+                ctx.progress(50, "preparing devices")
+                self.step_hook("devices")
+                agent = self.devices.agent(host) if devices else None
+                attached = self.accel.prepare(vm_id, host, agent, undo) if devices else Attached()
+                ctx.progress(55, "defining domain")
+                self.step_hook("define")
+                spec = dataclasses.replace(
+                    self.domain_spec(
+                        vm, req, (*disks, seed_disk), self._domain_type(host, req)
+                    ),
+                    pci_hostdevs=attached.pci,
+                    mdev_hostdevs=attached.mdev,
+                    numa_node=numa,
+                )
+                conn.define(spec)
+                undo.push(lambda: conn.undefine(vm_id), "undefine domain")
+                ctx.check_cancelled()
+                ctx.progress(65, "writing cloud-init seed")
                 self.step_hook("seed")
                 seed = self._volume(
                     conn,
                     undo,
                     vm_id,
-                    lambda: conn.import_volume(
-                        self.config.vm_pool, f"{vm_id}-seed.iso", seed_file.wait()
-                    ),
+                    lambda: conn.import_volume(self.config.vm_pool, seed_name, seed_file.wait()),
                 )
-                disks.append(
-                    DiskSpec(
-                        path=seed.path,
-                        target="sda",
-                        bus="sata",
-                        device="cdrom",
-                        format="raw",
-                        readonly=True,
-                    )
-                )
-                ctx.check_cancelled()
-                ctx.progress(60, "preparing devices")
-                self.step_hook("devices")
-                agent = self.devices.agent(host) if devices else None
-                attached = self.accel.prepare(vm_id, host, agent, undo) if devices else Attached()
-                ctx.progress(65, "defining domain")
-                self.step_hook("define")
-                spec = self.domain_spec(vm, req, tuple(disks), self._domain_type(host, req))
-                conn.define(
-                    dataclasses.replace(
-                        spec, pci_hostdevs=attached.pci, mdev_hostdevs=attached.mdev, numa_node=numa
-                    )
-                )
-                undo.push(lambda: conn.undefine(vm_id), "undefine domain")
+                if seed.path != seed_disk.path:
+                    real = dataclasses.replace(seed_disk, path=seed.path)
+                    conn.define(dataclasses.replace(spec, disks=(*disks, real)))
                 state = VMState.STOPPED
                 if req.start:
                     ctx.check_cancelled()
