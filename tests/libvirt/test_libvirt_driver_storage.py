@@ -250,6 +250,25 @@ def test_seed_without_an_iso_tool_leaves_no_directory(
     assert not list(tmp_path.glob("vmmgr-seed-*"))
 
 
+def test_an_iso_tool_removed_after_it_was_found_is_a_failed_precondition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "genisoimage"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.setattr(seed_module, "scratch_root", lambda: str(tmp_path))
+    SeedIsoBuild("a", "b").discard()  # found (and remembered)
+    tool.unlink()
+    with pytest.raises(FailedPrecondition, match="gone"):
+        SeedIsoBuild("a", "b")
+    assert not list(tmp_path.glob("vmmgr-seed-*"))
+    with pytest.raises(FailedPrecondition, match="no ISO tool"):  # looked up afresh
+        SeedIsoBuild("a", "b")
+
+
 def test_iso_label_rejects_non_iso(tmp_path: Path) -> None:
     f = tmp_path / "x"
     f.write_bytes(b"\0" * 40000)

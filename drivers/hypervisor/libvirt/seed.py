@@ -20,13 +20,22 @@ _TIMEOUT_S = 60
 
 
 def _iso_command(output: str) -> list[str]:
+    exe, *options = _iso_tool(os.environ.get("PATH", os.defpath))
+    return [exe, *options, "-output", output, "-volid", SEED_LABEL]
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_tool(path: str) -> tuple[str, ...]:
+    """The ISO tool on ``path`` and its options, looked up once per PATH: every create starts
+    one, and the PATH walk costs more than the spawn's bookkeeping. Not found is not cached;
+    a tool removed since is noticed when it fails to start (and forgotten)."""
     for tool in ("genisoimage", "mkisofs"):
-        exe = shutil.which(tool)
+        exe = shutil.which(tool, path=path)
         if exe:
-            return [exe, "-quiet", "-output", output, "-volid", SEED_LABEL, "-joliet", "-rock"]
-    xorriso = shutil.which("xorriso")
+            return (exe, "-quiet", "-joliet", "-rock")
+    xorriso = shutil.which("xorriso", path=path)
     if xorriso:
-        return [xorriso, "-as", "mkisofs", "-quiet", "-output", output, "-volid", SEED_LABEL]
+        return (xorriso, "-as", "mkisofs", "-quiet")
     raise FailedPrecondition("no ISO tool found (install genisoimage or xorriso)")
 
 
@@ -66,9 +75,13 @@ class SeedIsoBuild:
             self._written = [*paths, self.path]
             cmd = _iso_command(self.path) + paths
             self._tool = os.path.basename(cmd[0])
-            self._proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-            )
+            try:
+                self._proc = subprocess.Popen(
+                    cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                )
+            except FileNotFoundError as e:  # removed since it was found
+                _iso_tool.cache_clear()
+                raise FailedPrecondition(f"{cmd[0]} is gone: {e}") from e
         except BaseException:
             self._remove_dir()
             raise
