@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from drivers.hypervisor.libvirt.seed import scratch_root
 from tests.harness import TEST_NODE_XML, Daemon, make_qcow2, running_daemon, test_config
 from vmmgr.errors import DriverError
 from vmmgr.ports import (
@@ -172,10 +173,16 @@ def test_failure_at_any_create_step_leaves_nothing(daemon: Daemon, step: str) ->
             raise DriverError(f"injected failure at {step}")
 
     daemon.core.vms.step_hook = hook
+    seeds = set(Path(scratch_root()).glob("vmmgr-seed-*"))
     op = create(daemon, spec())
     assert op.state == FAILED and f"injected failure at {step}" in op.error.message
     assert host_side(daemon) == ([], [])
     assert rows(daemon) == (0, 0)
+    # the ISO's scratch files go right after the end is announced, off the waiter's time
+    deadline = time.monotonic() + 5
+    while set(Path(scratch_root()).glob("vmmgr-seed-*")) - seeds and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not set(Path(scratch_root()).glob("vmmgr-seed-*")) - seeds
     daemon.core.vms.step_hook = lambda name: None
     assert create(daemon, spec()).state == SUCCEEDED  # and the name is free again
 

@@ -92,3 +92,37 @@ def test_only_an_id_generated_for_the_call_being_served_is_new() -> None:
     with calls.serving(calls.Call("r1", False, None)):  # the client chose it: may be a retry
         assert not calls.is_new_request_id("r1")
     assert calls.current() is None
+
+
+def test_clean_up_runs_after_the_end_is_announced_whatever_the_outcome(store: Store) -> None:
+    ops = _ops(store)
+    released, ran = threading.Event(), []
+
+    def tidy() -> None:
+        released.wait(10)
+        ran.append("tidy")
+
+    def job(ctx: OperationContext) -> dict[str, str]:
+        ctx.after(tidy)
+        ctx.after(lambda: 1 / 0)  # a failing clean-up is logged; the next still runs
+        ctx.after(lambda: ran.append("second"))
+        return {"ok": "1"}
+
+    op, done = ops.wait(ops.submit("vm.create", "t", job).id, 10)
+    assert done and op.state == OperationState.SUCCEEDED and ran == []  # waiter did not wait
+    released.set()
+    deadline = time.monotonic() + 10
+    while len(ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran == ["tidy", "second"]
+
+    def failing(ctx: OperationContext) -> dict[str, str]:
+        ctx.after(lambda: ran.append("after failure"))
+        raise NotFound("gone")
+
+    op, done = ops.wait(ops.submit("vm.create", "t2", failing).id, 10)
+    assert done and op.state == OperationState.FAILED
+    deadline = time.monotonic() + 10
+    while "after failure" not in ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran[-1] == "after failure"

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
@@ -41,6 +41,12 @@ class OperationContext:
     id: str
     _ops: Operations
     _succeeded: Operation | None = None
+    _after: list[Callable[[], object]] = field(default_factory=list)
+
+    def after(self, tidy: Callable[[], object]) -> None:
+        """Run ``tidy`` once the operation's end is announced: clean-up nobody waits for
+        (scratch files) stays off the time a waiter sees. Errors are logged, not raised."""
+        self._after.append(tidy)
 
     def progress(self, percent: float, message: str) -> None:
         self._ops._progress(self.id, max(0.0, min(100.0, percent)), message)
@@ -123,6 +129,12 @@ class Operations:
                 self._forget_live(ctx._succeeded)
             else:
                 self._finish(op_id, OperationState.SUCCEEDED, result=result)
+        finally:
+            for tidy in ctx._after:
+                try:
+                    tidy()
+                except Exception:  # noqa: BLE001 - the outcome is recorded; only log
+                    log.exception("operation %s: clean-up after the end failed", op_id)
 
     def _finish(
         self,

@@ -317,6 +317,7 @@ class VMService:
         seed_file: PendingFile,
     ) -> dict[str, str]:
         vm_id = vm.id
+        ctx.after(seed_file.discard)  # the ISO's bytes are in the volume by the end
         undo = UndoStack(f"create vm {vm_id}")
         try:
             with undo:
@@ -425,8 +426,6 @@ class VMService:
                 host=host,
             )
             raise
-        finally:
-            seed_file.discard()
         self.events.fan_out(created)
         return result
 
