@@ -202,6 +202,17 @@ def test_seed_without_network_config_omits_the_file(tmp_path: Path) -> None:
     assert sorted(listing) == ["/meta-data", "/user-data"]
 
 
+def fake_iso_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
+    """A ``genisoimage`` running ``script``, alone on PATH."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "genisoimage"
+    tool.write_text(script)
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    return tool
+
+
 def test_seed_without_an_iso_tool_is_a_failed_precondition(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -213,12 +224,7 @@ def test_seed_without_an_iso_tool_is_a_failed_precondition(
 def test_seed_tool_failure_is_a_driver_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    tool = bindir / "genisoimage"
-    tool.write_text("#!/bin/sh\necho 'disk full' >&2\nexit 3\n")
-    tool.chmod(0o755)
-    monkeypatch.setenv("PATH", str(bindir))
+    fake_iso_tool(tmp_path, monkeypatch, "#!/bin/sh\necho 'disk full' >&2\nexit 3\n")
     with pytest.raises(DriverError, match="disk full"):
         build_seed_iso(str(tmp_path), "a", "b")
 
@@ -226,12 +232,7 @@ def test_seed_tool_failure_is_a_driver_error(
 def test_a_seed_build_discarded_midway_is_stopped_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    tool = bindir / "genisoimage"
-    tool.write_text("#!/bin/sh\nexec sleep 30\n")
-    tool.chmod(0o755)
-    monkeypatch.setenv("PATH", str(bindir))
+    fake_iso_tool(tmp_path, monkeypatch, "#!/bin/sh\nexec sleep 30\n")
     build = SeedIsoBuild("a", "b")
     workdir = Path(build.path).parent
     assert (workdir / "meta-data").read_text() == "a"
@@ -253,12 +254,7 @@ def test_seed_without_an_iso_tool_leaves_no_directory(
 def test_an_iso_tool_removed_after_it_was_found_is_a_failed_precondition(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    tool = bindir / "genisoimage"
-    tool.write_text("#!/bin/sh\nexit 0\n")
-    tool.chmod(0o755)
-    monkeypatch.setenv("PATH", str(bindir))
+    tool = fake_iso_tool(tmp_path, monkeypatch, "#!/bin/sh\nexit 0\n")
     monkeypatch.setattr(seed_module, "scratch_root", lambda: str(tmp_path))
     SeedIsoBuild("a", "b").discard()  # found (and remembered)
     tool.unlink()

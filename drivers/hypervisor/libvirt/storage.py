@@ -8,6 +8,7 @@ Volume operations take the pool handle: ``LibvirtConnection`` caches those per c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
 import libvirt
@@ -196,13 +197,8 @@ def upload_volume(
     vol = pool.storageVolLookupByName(name)
     info = volume_info(pool_name, vol)
     if info.format != detected:  # libvirt did not (yet) re-probe: report what the bytes are
-        info = VolumeInfo(
-            pool=info.pool,
-            name=info.name,
-            path=info.path,
-            format=detected,
-            capacity_bytes=virtual_size(source_path),
-            allocation_bytes=info.allocation_bytes,
+        info = dataclasses.replace(
+            info, format=detected, capacity_bytes=virtual_size(source_path)
         )
     return info
 
