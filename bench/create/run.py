@@ -9,6 +9,7 @@ ratio (target <= 1.5x).
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 import grpc
 import libvirt
 
-from drivers.hypervisor.libvirt.seed import build_seed_iso
+from drivers.hypervisor.libvirt.seed import build_seed_iso, scratch_root
 from drivers.hypervisor.libvirt.xml.base import to_string
 from drivers.hypervisor.libvirt.xml.builder import domain_xml_from_spec
 from drivers.hypervisor.libvirt.xml.capabilities import HostCapabilities
@@ -176,8 +177,7 @@ def main() -> None:
 
     dconn, base_path, pool_name = direct_setup(uri, tmp, base)
     caps = HostCapabilities.from_xml(dconn.getCapabilities())
-    work = tmp / "seeds"
-    work.mkdir()
+    work = Path(tempfile.mkdtemp(prefix="vmmgr-bench-seeds-", dir=scratch_root()))  # as vmmgrd
 
     via, direct = [], []
     for n in range(args.runs):
@@ -217,6 +217,7 @@ def main() -> None:
     ch.close()
     daemon.terminate()
     daemon.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def free_port() -> int:

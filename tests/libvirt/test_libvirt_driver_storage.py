@@ -20,6 +20,7 @@ from drivers.hypervisor.libvirt.seed import (
     SeedIsoBuild,
     build_seed_iso,
     iso_volume_label,
+    wait_exit,
 )
 from drivers.hypervisor.libvirt.xml import StoragePool, StorageVolume
 from drivers.hypervisor.libvirt.xml.base import to_string
@@ -232,10 +233,11 @@ def test_seed_tool_failure_is_a_driver_error(
 def test_a_seed_build_discarded_midway_is_stopped_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_iso_tool(tmp_path, monkeypatch, "#!/bin/sh\nexec sleep 30\n")
+    fake_iso_tool(tmp_path, monkeypatch, "#!/bin/sh\nexec /bin/sleep 30\n")
     build = SeedIsoBuild("a", "b")
     workdir = Path(build.path).parent
     assert (workdir / "meta-data").read_text() == "a"
+    assert build._proc.poll() is None  # still running
     build.discard()
     assert not workdir.exists() and build._proc.returncode is not None
     build.discard()  # twice is fine
@@ -263,6 +265,39 @@ def test_an_iso_tool_removed_after_it_was_found_is_a_failed_precondition(
     assert not list(tmp_path.glob("vmmgr-seed-*"))
     with pytest.raises(FailedPrecondition, match="no ISO tool"):  # looked up afresh
         SeedIsoBuild("a", "b")
+
+
+def test_a_seed_tool_that_hangs_is_killed_at_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_iso_tool(tmp_path, monkeypatch, "#!/bin/sh\nexec /bin/sleep 30\n")
+    monkeypatch.setattr(seed_module, "_TIMEOUT_S", 0.2)
+    build = SeedIsoBuild("a", "b")
+    with pytest.raises(DriverError, match="timed out after 0.2s"):
+        build.wait()
+    assert build._proc.returncode is not None  # killed and reaped
+    build.discard()
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "no-pidfd"])
+def test_wait_exit_returns_the_code_at_once_or_times_out(
+    pidfd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pidfd path (Linux >= 5.3) and Popen.wait's own, where pidfd_open is missing."""
+    if not pidfd:
+        monkeypatch.delattr(seed_module.os, "pidfd_open")
+    assert wait_exit(subprocess.Popen(["sh", "-c", "exit 7"]), 10) == 7
+    slow = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(slow, 0.05)
+        assert slow.poll() is None  # a timeout leaves the child to the caller
+    finally:
+        slow.kill()
+        slow.wait()
+    reaped = subprocess.Popen(["true"])
+    reaped.wait()
+    assert wait_exit(reaped, 1) == 0  # already reaped: no pidfd to open, the code is known
 
 
 def test_iso_label_rejects_non_iso(tmp_path: Path) -> None:
