@@ -159,6 +159,23 @@ def test_a_seed_volume_not_beside_the_overlays_is_what_the_domain_uses(tmp_path:
     assert paths[f"{vm_id}-disk0.qcow2"].startswith(d.config.vm_pool_path)
 
 
+def test_a_known_image_replica_is_only_looked_up_and_one_gone_is_imported_again(
+    daemon: Daemon,
+) -> None:
+    conn = daemon.core.conns.get("t1")
+    pool = daemon.config.image_pool
+    assert create(daemon, spec("vm1")).state == SUCCEEDED  # the replica is known now
+    read: list[str] = []
+    real_get = conn.get_volume
+    conn.get_volume = lambda p, n: read.append(n) or real_get(p, n)  # type: ignore[method-assign]
+    assert create(daemon, spec("vm2")).state == SUCCEEDED
+    assert read == []  # images do not change: a look-up, no volume XML read
+    conn.delete_volume(pool, "base.qcow2")  # behind vmmgr's back
+    assert create(daemon, spec("vm3")).state == SUCCEEDED
+    assert "base.qcow2" in [v.name for v in conn.list_volumes(pool)]
+    assert create(daemon, spec("vm4")).state == SUCCEEDED
+
+
 def test_create_without_start_leaves_it_stopped(daemon: Daemon) -> None:
     op = create(daemon, spec(start=False))
     assert op.result["vm_state"] == "stopped"

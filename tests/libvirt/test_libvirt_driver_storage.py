@@ -102,8 +102,10 @@ def test_volume_get_list_delete(conn: LibvirtConnection) -> None:
     assert [v.name for v in conn.list_volumes("vmmgr")] == ["base.qcow2", "vm1.qcow2"]
     got = conn.get_volume("vmmgr", "vm1.qcow2")
     assert got is not None and got.pool == "vmmgr" and got.path.endswith("/vm1.qcow2")
+    assert conn.has_volume("vmmgr", "vm1.qcow2")
     conn.delete_volume("vmmgr", "vm1.qcow2")
     assert conn.get_volume("vmmgr", "vm1.qcow2") is None
+    assert not conn.has_volume("vmmgr", "vm1.qcow2")
     conn.delete_volume("vmmgr", "vm1.qcow2")  # already gone: fine (undo paths)
     assert [v.name for v in conn.list_volumes("vmmgr")] == ["base.qcow2"]
 
@@ -113,6 +115,8 @@ def test_missing_pool_is_not_found(conn: LibvirtConnection) -> None:
         conn.list_volumes("nope")
     with pytest.raises(NotFound):
         conn.get_volume("nope", "x")
+    with pytest.raises(NotFound):
+        conn.has_volume("nope", "x")
     with pytest.raises(NotFound):
         conn.delete_volume("nope", "x")
 

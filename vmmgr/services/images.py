@@ -43,9 +43,9 @@ class ImageService:
         self.config = config
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
-        # (image, host, pool) -> volume name of replicas this daemon found or recorded: later
-        # creates only ask the host whether the volume is still there.
-        self._known: dict[tuple[str, str, str], str] = {}
+        # (image, host, pool) -> the replica volume this daemon found or recorded. Images do not
+        # change, so later creates only ask the host whether the volume is still there.
+        self._known: dict[tuple[str, str, str], VolumeInfo] = {}
 
     def get(self, name: str, *, field: str = "name") -> Image:
         with self.store.read_session() as s:
@@ -113,10 +113,8 @@ class ImageService:
         with lock:
             pool = self.config.image_pool
             known = self._known.get((name, host, pool))
-            if known is not None:
-                vol = conn.get_volume(pool, known)
-                if vol is not None:
-                    return vol
+            if known is not None and conn.has_volume(pool, known.name):
+                return known
             with self.store.read_session() as s:
                 image = self.lookup(s, name)
                 replica = image_repo.find_replica(s, name, host, pool)
@@ -124,7 +122,7 @@ class ImageService:
             if replica is not None:
                 vol = conn.get_volume(pool, volume_name)
                 if vol is not None:
-                    self._known[(name, host, pool)] = volume_name
+                    self._known[(name, host, pool)] = vol
                     return vol
                 with self.store.session() as s:  # deleted behind our back: import again
                     image_repo.delete_replica(s, name, host, pool)
@@ -147,7 +145,7 @@ class ImageService:
                 if created:
                     conn.delete_volume(pool, volume_name)
                 raise
-            self._known[(name, host, pool)] = volume_name
+            self._known[(name, host, pool)] = vol
             return vol
 
     def delete(self, name: str) -> None:

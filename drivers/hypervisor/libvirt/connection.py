@@ -764,6 +764,13 @@ class LibvirtConnection:
             f"get volume {pool}/{name}", pool, lambda _c, p: storage.get_volume(p, pool, name)
         )
 
+    def has_volume(self, pool: str, name: str) -> bool:
+        return self._on_pool(
+            f"look up volume {pool}/{name}",
+            pool,
+            lambda _c, p: storage.lookup_volume(p, name) is not None,
+        )
+
     def create_overlay(
         self, pool: str, name: str, backing: VolumeInfo, capacity_bytes: int
     ) -> VolumeInfo:
