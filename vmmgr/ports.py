@@ -176,6 +176,14 @@ class HostConnection(Protocol):
         """Copy a local image file into the pool (upload stream; works on remote hosts)."""
         ...
 
+    def create_raw_volume(self, pool: str, name: str, capacity_bytes: int) -> VolumeInfo:
+        """An empty raw volume, made before its content exists (see ``write_volume``)."""
+        ...
+
+    def write_volume(self, pool: str, name: str, source_path: str) -> None:
+        """Copy a local file into the start of an existing volume at least its size."""
+        ...
+
     def get_volume(self, pool: str, name: str) -> VolumeInfo | None: ...
     def has_volume(self, pool: str, name: str) -> bool:
         """Whether ``pool`` holds volume ``name``: a look-up, nothing read or refreshed."""
@@ -199,6 +207,8 @@ class HostConnection(Protocol):
 class PendingFile(Protocol):
     """A file being built on the daemon's machine."""
 
+    max_bytes: int  # its size will not exceed this: a volume for it can be made meanwhile
+
     def wait(self) -> str:
         """Its path once built; DriverError if building failed."""
         ...
@@ -215,7 +225,7 @@ class Hypervisor(Protocol):
 
     def build_seed(self, meta_data: str, user_data: str, network_config: str) -> PendingFile:
         """Start building a cloud-init NoCloud ISO (volume label ``cidata``); a host gets it
-        through ``import_volume``."""
+        through ``create_raw_volume`` and ``write_volume``."""
         ...
 
 

@@ -115,21 +115,20 @@ def test_a_late_event_of_the_create_does_not_undo_its_outcome(daemon: Daemon) ->
 
 class _SeedElsewhere:
     """Hosts whose pool puts the seed ISO somewhere other than beside the overlays (pool types
-    name volume paths their own way): the domain, defined before the seed volume existed,
-    must be redefined with the real path."""
+    name volume paths their own way): the domain and the volume's row use the real path."""
 
     def __init__(self, inner: Hypervisor, where: str) -> None:
         self.inner, self.where = inner, where
 
     def connect(self, uri: str, *, host_name: str) -> HostConnection:
         conn = self.inner.connect(uri, host_name=host_name)
-        real_import = conn.import_volume
+        real_create = conn.create_raw_volume
 
-        def import_volume(pool: str, name: str, source_path: str) -> VolumeInfo:
-            vol = real_import(pool, name, source_path)
+        def create_raw_volume(pool: str, name: str, capacity_bytes: int) -> VolumeInfo:
+            vol = real_create(pool, name, capacity_bytes)
             return dataclasses.replace(vol, path=f"{self.where}/{name}")
 
-        conn.import_volume = import_volume  # type: ignore[method-assign]
+        conn.create_raw_volume = create_raw_volume  # type: ignore[method-assign]
         return conn
 
     def build_seed(self, meta_data: str, user_data: str, network_config: str) -> PendingFile:
@@ -183,7 +182,7 @@ def test_create_without_start_leaves_it_stopped(daemon: Daemon) -> None:
     assert vm.state == vm_pb2.VM_STATE_STOPPED
 
 
-@pytest.mark.parametrize("step", ["overlay", "seed", "define", "start", "commit"])
+@pytest.mark.parametrize("step", ["overlay", "seed", "define", "upload", "start", "commit"])
 def test_failure_at_any_create_step_leaves_nothing(daemon: Daemon, step: str) -> None:
     def hook(name: str) -> None:
         if name == step:

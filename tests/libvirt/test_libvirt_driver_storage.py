@@ -3,6 +3,7 @@ upload, so import/seed uploads are covered in tests/real), plus the local image/
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -33,6 +34,7 @@ from vmmgr.errors import (
     NotFound,
 )
 from vmmgr.ports import VolumeInfo
+from vmmgr.requests import MAX_USER_DATA
 
 pytestmark = pytest.mark.libvirt
 
@@ -140,10 +142,53 @@ def test_import_on_the_test_driver_stands_in_a_sized_volume(
     vol = conn.import_volume("vmmgr", "img.qcow2", str(src))
     assert (vol.format, vol.capacity_bytes) == ("qcow2", 3 * GIB)
     iso = LibvirtHypervisor().build_seed("instance-id: a\n", "#cloud-config\n", "")
-    seed = conn.import_volume("vmmgr", "seed.iso", iso.wait())
+    seed = conn.create_raw_volume("vmmgr", "seed.iso", iso.max_bytes)
+    conn.write_volume("vmmgr", "seed.iso", iso.wait())
     iso.discard()
-    assert seed.format == "raw" and seed.capacity_bytes > 0
+    assert (seed.format, seed.capacity_bytes) == ("raw", iso.max_bytes)
     assert [v.name for v in conn.list_volumes("vmmgr")] == ["img.qcow2", "seed.iso"]
+
+
+def test_a_raw_volume_and_what_is_written_into_it_are_checked(
+    conn: LibvirtConnection, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        conn.create_raw_volume("vmmgr", "zero.iso", 0)
+    assert e.value.field == "capacity_bytes"
+    conn.create_raw_volume("vmmgr", "seed.iso", 4096)
+    with pytest.raises(AlreadyExists):
+        conn.create_raw_volume("vmmgr", "seed.iso", 4096)
+    big = tmp_path / "big.iso"
+    big.write_bytes(b"x" * 4097)
+    with pytest.raises(DriverError, match="does not fit volume 'seed.iso' \\(4096 bytes\\)"):
+        conn.write_volume("vmmgr", "seed.iso", str(big))
+    with pytest.raises(DriverError, match="missing.iso"):
+        conn.write_volume("vmmgr", "seed.iso", str(tmp_path / "missing.iso"))
+    with pytest.raises(NotFound):
+        conn.write_volume("vmmgr", "nope.iso", str(big))
+    assert [v.name for v in conn.list_volumes("vmmgr")] == ["seed.iso"]  # kept for its owner
+
+
+@pytest.mark.parametrize("tool", ["genisoimage", "xorriso"])
+def test_max_bytes_bounds_the_largest_seed(
+    tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's volume is made before the ISO exists, from ``max_bytes``: the largest
+    documents a request may carry must fit, whichever tool builds them."""
+    found = shutil.which(tool)
+    if found is None:
+        pytest.skip(f"{tool} is not installed")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bindir))
+    doc = "\U0001f600" * MAX_USER_DATA  # the limit counts characters: four bytes each here
+    build = SeedIsoBuild("instance-id: x\n" * 100, doc, doc)
+    try:
+        size = os.path.getsize(build.wait())
+        assert 2 * 4 * MAX_USER_DATA < size <= build.max_bytes <= size + (1 << 20) + 3 * 2048
+    finally:
+        build.discard()
 
 
 def test_import_validates_its_input(conn: LibvirtConnection, tmp_path: Path) -> None:

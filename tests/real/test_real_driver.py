@@ -149,9 +149,15 @@ def test_tcg_domain_on_overlay_and_seed_runs_and_is_cleaned_up(
     assert info["virtual-size"] == base.capacity_bytes + (64 << 20)
 
     iso = LibvirtHypervisor().build_seed("instance-id: real-1\n", "#cloud-config\n", "version: 2\n")
-    seed = conn.import_volume(pool.name, "seed.iso", iso.wait())
+    seed = conn.create_raw_volume(pool.name, "seed.iso", iso.max_bytes)  # before it is built
+    conn.write_volume(pool.name, "seed.iso", iso.wait())
+    with open(iso.wait(), "rb") as f:
+        built = f.read()
     iso.discard()
     assert not os.path.exists(iso.wait())  # the upload was a copy: the local ISO is gone
+    with open(seed.path, "rb") as f:
+        assert f.read(len(built)) == built  # byte-exact over the stream, the rest zeros
+    assert os.path.getsize(seed.path) == iso.max_bytes
     assert seed.format == "raw" and iso_volume_label(seed.path) == "cidata"
 
     name = f"vmmgr-test-{uuid.uuid4().hex[:8]}"

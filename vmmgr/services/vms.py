@@ -349,12 +349,23 @@ class VMService:
                             format="qcow2",
                         )
                     )
-                # The domain is defined before the seed volume exists, naming the path the
-                # volume will have (beside the overlays, in the same pool), so defining overlaps
-                # the ISO tool still running; a different real path is redefined below.
+                # The seed's volume is made (and the domain defined with it) while the ISO tool
+                # may still run: its bytes are copied in once it is done.
+                self.step_hook("seed")
                 seed_name = f"{vm_id}-seed.iso"
+                seed = self._volume(
+                    conn,
+                    undo,
+                    vm_id,
+                    partial(
+                        conn.create_raw_volume,
+                        self.config.vm_pool,
+                        seed_name,
+                        seed_file.max_bytes,
+                    ),
+                )
                 seed_disk = DiskSpec(
-                    path=os.path.join(os.path.dirname(disks[0].path), seed_name),
+                    path=seed.path,
                     target="sda",
                     bus="sata",
                     device="cdrom",
@@ -380,16 +391,8 @@ class VMService:
                 undo.push(lambda: conn.undefine(vm_id), "undefine domain")
                 ctx.check_cancelled()
                 ctx.progress(65, "writing cloud-init seed")
-                self.step_hook("seed")
-                seed = self._volume(
-                    conn,
-                    undo,
-                    vm_id,
-                    lambda: conn.import_volume(self.config.vm_pool, seed_name, seed_file.wait()),
-                )
-                if seed.path != seed_disk.path:
-                    real = dataclasses.replace(seed_disk, path=seed.path)
-                    conn.define(dataclasses.replace(spec, disks=(*disks, real)))
+                self.step_hook("upload")
+                conn.write_volume(self.config.vm_pool, seed_name, seed_file.wait())
                 state = VMState.STOPPED
                 if req.start:
                     ctx.check_cancelled()

@@ -764,6 +764,20 @@ class LibvirtConnection:
             f"get volume {pool}/{name}", pool, lambda _c, p: storage.get_volume(p, pool, name)
         )
 
+    def create_raw_volume(self, pool: str, name: str, capacity_bytes: int) -> VolumeInfo:
+        return self._on_pool(
+            f"create volume {pool}/{name}",
+            pool,
+            lambda _c, p: storage.create_raw_volume(p, pool, name, capacity_bytes),
+        )
+
+    def write_volume(self, pool: str, name: str, source_path: str) -> None:
+        self._on_pool(
+            f"write {source_path} into {pool}/{name}",
+            pool,
+            lambda conn, p: storage.write_volume(conn, p, name, source_path),
+        )
+
     def has_volume(self, pool: str, name: str) -> bool:
         return self._on_pool(
             f"look up volume {pool}/{name}",

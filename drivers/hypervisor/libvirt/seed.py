@@ -1,7 +1,8 @@
 """cloud-init NoCloud seed ISOs, built locally with genisoimage (or xorriso/mkisofs).
 
 The ISO (volume label ``cidata``; files meta-data, user-data and, if given, network-config) is
-written to a temporary directory; the caller uploads it into a storage pool (``import_volume``).
+written to a temporary directory; the caller copies it into a volume it made meanwhile
+(``max_bytes`` bounds its size).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from vmmgr.errors import DriverError, FailedPrecondition
 
 SEED_LABEL = "cidata"
 _TIMEOUT_S = 60
+_SECTOR = 2048
+# Beyond the files' own sectors: system area, volume descriptors, path tables, directories,
+# Joliet and Rock Ridge records and the tools' 300 KiB of padding (genisoimage: 366 KiB).
+_ISO_OVERHEAD = 1 << 20
 
 
 def _iso_command(output: str) -> list[str]:
@@ -84,12 +89,15 @@ class SeedIsoBuild:
             files["network-config"] = network_config
         paths: list[str] = []
         self._written = paths  # what _remove_dir unlinks: cheaper than a tree walk
+        self.max_bytes = _ISO_OVERHEAD
         try:
             for name, content in files.items():
                 path = os.path.join(self._dir, name)
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(content)
+                data = content.encode()
+                with open(path, "wb") as f:
+                    f.write(data)
                 paths.append(path)
+                self.max_bytes += -(-len(data) // _SECTOR) * _SECTOR
             self.path = os.path.join(self._dir, "seed.iso")
             log = os.path.join(self._dir, "tool.log")  # a file, not a pipe: nothing to drain
             self._written = [*paths, log, self.path]
