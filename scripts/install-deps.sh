@@ -32,8 +32,8 @@ APT_REQUIRED=(
   dnsmasq-base iproute2 iptables dmidecode netcat-openbsd openssh-client
   # tiny guest image recipe (images/build-tiny.sh) and cloud-init seeds
   busybox-static cpio kmod xz-utils zstd syslinux syslinux-common mtools dosfstools genisoimage
-  # test database and benchmark peers
-  postgresql ganeti-htools
+  # test database, benchmark peers, and the other seed tool vmmgrd accepts (its ISOs are tested)
+  postgresql ganeti-htools xorriso
 )
 # Installed when the distribution has them (Debian 12 does); never fatal.
 APT_OPTIONAL=(vagrant vagrant-libvirt)
