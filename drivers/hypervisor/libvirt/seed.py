@@ -46,9 +46,9 @@ def _iso_tool(path: str) -> tuple[str, ...]:
 
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    """``proc.wait(timeout_s)`` without its polling. With a timeout, Popen.wait (Python < 3.14)
-    sleeps in doubling steps from 0.5 ms, which added about a millisecond to a tool that runs
-    for three; a pidfd is readable the moment the child exits."""
+    """``proc.wait(timeout_s)`` without its polling. With a timeout, Popen.wait sleeps in
+    doubling steps from 0.5 ms (before Python 3.15, CPython gh-83069), which added about a
+    millisecond to a tool that runs for three; a pidfd is readable the moment the child exits."""
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # not Linux >= 5.3, or the child is already reaped
