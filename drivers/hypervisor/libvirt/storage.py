@@ -152,6 +152,21 @@ def _create_volume(
         raise
 
 
+def _as_created(
+    pool_name: str, vol: libvirt.virStorageVol, spec: StorageVolume, allocation_bytes: int = 0
+) -> VolumeInfo:
+    """A volume just made from ``spec``, described from the request rather than read back (a
+    backend may round the capacity up; ``get_volume`` reads libvirt's exact figures)."""
+    return VolumeInfo(
+        pool=pool_name,
+        name=spec.name,
+        path=vol.path(),
+        format=spec.format,
+        capacity_bytes=spec.capacity_bytes,
+        allocation_bytes=allocation_bytes,
+    )
+
+
 def _detect_format(path: str) -> str:
     try:
         return detect_image_format(path)
@@ -186,14 +201,7 @@ def upload_volume(
             vol.delete(0)
         raise
     if detected == "raw":  # what was created is what it is: raw, `size` bytes, all written
-        return VolumeInfo(
-            pool=pool_name,
-            name=name,
-            path=vol.path(),
-            format="raw",
-            capacity_bytes=size,
-            allocation_bytes=size,
-        )
+        return _as_created(pool_name, vol, spec, allocation_bytes=size)
     _refresh(pool)
     vol = pool.storageVolLookupByName(name)
     info = volume_info(pool_name, vol)
@@ -214,15 +222,7 @@ def create_raw_volume(
     spec = StorageVolume(
         name=name, capacity_bytes=capacity_bytes, allocation_bytes=0, format="raw"
     )
-    vol = _create_volume(pool, pool_name, name, spec)
-    return VolumeInfo(
-        pool=pool_name,
-        name=name,
-        path=vol.path(),
-        format="raw",
-        capacity_bytes=capacity_bytes,
-        allocation_bytes=0,
-    )
+    return _as_created(pool_name, _create_volume(pool, pool_name, name, spec), spec)
 
 
 def write_volume(
@@ -252,12 +252,7 @@ def create_overlay(
     backing: VolumeInfo,
     capacity_bytes: int,
 ) -> VolumeInfo:
-    """A qcow2 volume backed by ``backing`` (copy-on-write), at least as large as it.
-
-    Described from the request, not read back: ``capacity_bytes`` is the size asked for (a
-    backend may round it up, qemu-img to whole KiB) and ``allocation_bytes`` is 0 (not read).
-    Callers use the path; ``get_volume`` reads libvirt's exact figures.
-    """
+    """A qcow2 volume backed by ``backing`` (copy-on-write), at least as large as it."""
     _check_name(name)
     if capacity_bytes < 0:
         raise InvalidArgument("capacity_bytes", "must not be negative")
@@ -268,15 +263,7 @@ def create_overlay(
         format="qcow2",
         backing_store=BackingStore(path=backing.path, format=backing.format),
     )
-    vol = _create_volume(pool, pool_name, name, spec)
-    return VolumeInfo(
-        pool=pool_name,
-        name=name,
-        path=vol.path(),
-        format="qcow2",
-        capacity_bytes=capacity,
-        allocation_bytes=0,
-    )
+    return _as_created(pool_name, _create_volume(pool, pool_name, name, spec), spec)
 
 
 def delete_volume(pool: libvirt.virStoragePool, name: str) -> None:
