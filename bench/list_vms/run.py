@@ -12,6 +12,9 @@ spec (JSON), then:
   list/label/100        filter by one label (10% of VMs), bound: raw SQL with the same join
   snapshot              build_snapshot (hosts, VMs, claims, groups) vs a raw
                         ``SELECT id,name,host,vcpus,memory_mib,disk_gib,state,ha,ha_priority``
+  snapshot/placement    build_snapshot(placement_only=True), what every create reads, vs a
+                        raw ``SELECT * FROM host``: the part that still grows with the VM count
+                        is the per-host usage sum (answered from the ix_vm_host_usage index)
 
 It prints p50 / p99 wall latency (ms) and the ratio to the bound's p50/p99, plus the p50 of
 this thread's CPU time (steadier on a shared machine). No assertions: figures.
@@ -190,6 +193,19 @@ def snapshot_repo(store: Store) -> None:
         assert len(snap.hosts) == HOSTS
 
 
+def placement_snapshot(store: Store) -> None:
+    """What every create reads (under its write lock): hosts, usage summed per host, groups."""
+    with store.read_session() as s:
+        snap = build_snapshot(s, placement_only=True)
+        assert len(snap.hosts) == HOSTS
+
+
+def hosts_raw(store: Store) -> None:
+    """The least a placement can read: the host rows."""
+    with store.engine.connect() as c:
+        c.execute(text("SELECT * FROM host")).fetchall()
+
+
 def snapshot_raw(store: Store) -> None:
     with store.engine.connect() as c:
         c.execute(text("SELECT * FROM host")).fetchall()
@@ -287,6 +303,10 @@ def main() -> int:
             xs = timed(lambda: snapshot_repo(store), args.snapshots)
             bound = timed(lambda: snapshot_raw(store), args.snapshots)
             print(row(kind, "snapshot", xs, bound), flush=True)
+            placement_snapshot(store)
+            xs = timed(lambda: placement_snapshot(store), args.snapshots * 10)
+            bound = timed(lambda: hosts_raw(store), args.snapshots * 10)
+            print(row(kind, "snapshot/placement", xs, bound), flush=True)
     return 0
 
 

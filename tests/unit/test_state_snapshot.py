@@ -225,3 +225,23 @@ def test_snapshot_vm_without_claims_is_migratable(store: Store) -> None:
     with store.read_session() as s:
         (vm,) = build_snapshot(s).vms
     assert vm.migratable and vm.running and vm.devices == () and vm.groups == ()
+
+
+def test_placement_usage_sum_reads_only_the_covering_index(store: Store) -> None:
+    """Each create sums usage per host over every VM: that must come from ix_vm_host_usage
+    alone (an index-only scan), not from the VM rows (4x slower at 10,000 VMs)."""
+    from sqlalchemy import text
+
+    from vmmgr.state.snapshot_builder import _USAGE
+
+    with store.session() as s:
+        conn = s.connection()
+        sql = str(_USAGE.stmt.compile(dialect=conn.dialect))
+        if conn.dialect.name == "sqlite":
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            assert "COVERING INDEX ix_vm_host_usage" in plan, plan
+        else:  # an empty table: rule the other scans out to see what the index allows
+            conn.execute(text("SET LOCAL enable_seqscan = off"))
+            conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+            plan = " ".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+            assert "Index Only Scan using ix_vm_host_usage" in plan, plan
