@@ -214,7 +214,7 @@ class PendingFile(Protocol):
         ...
 
     def discard(self) -> None:
-        """Stop building it and remove it (safe to call more than once)."""
+        """Stop building it and remove it (safe to call more than once, from any thread)."""
         ...
 
 

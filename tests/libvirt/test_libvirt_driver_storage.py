@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -290,6 +291,31 @@ def test_a_seed_build_discarded_midway_is_stopped_and_leaves_nothing(
     build.discard()
     assert not workdir.exists() and build._proc.returncode is not None
     build.discard()  # twice is fine
+
+
+def test_a_seed_build_discarded_from_two_threads_at_once_is_removed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create releases the seed to a worker after its upload, and its operation's end
+    discards it again: the two may meet."""
+    fake_iso_tool(tmp_path, monkeypatch, "#!/bin/sh\nexec /bin/sleep 30\n")
+    build = SeedIsoBuild("a", "b")
+    workdir = Path(build.path).parent
+    start, errors = threading.Barrier(2), []
+
+    def discard() -> None:
+        start.wait(5)
+        try:
+            build.discard()
+        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=discard) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == [] and not workdir.exists() and build._proc.returncode is not None
 
 
 def test_seed_without_an_iso_tool_leaves_no_directory(

@@ -3,6 +3,7 @@ and which targets have an operation running here."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -126,3 +127,27 @@ def test_clean_up_runs_after_the_end_is_announced_whatever_the_outcome(store: St
     while "after failure" not in ran and time.monotonic() < deadline:
         time.sleep(0.01)
     assert ran[-1] == "after failure"
+
+
+def test_released_clean_up_runs_on_another_worker_while_the_job_goes_on(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    ops = _ops(store)
+    tidied, job_thread, tidy_thread = threading.Event(), [], []
+
+    def tidy() -> None:
+        tidy_thread.append(threading.get_ident())
+        tidied.set()
+
+    def job(ctx: OperationContext) -> dict[str, str]:
+        job_thread.append(threading.get_ident())
+        ctx.release(lambda: 1 / 0)  # logged, never raised into the job
+        ctx.release(tidy)
+        assert tidied.wait(10)  # ran meanwhile: the job is still going
+        return {"ok": "1"}
+
+    with caplog.at_level(logging.ERROR):
+        op, done = ops.wait(ops.submit("vm.create", "t", job).id, 10)
+    assert done and op.state == OperationState.SUCCEEDED
+    assert tidy_thread and tidy_thread != job_thread
+    assert any("clean-up failed" in r.getMessage() for r in caplog.records)

@@ -39,10 +39,9 @@ def test_operation_lifecycle(store: Store) -> None:
     assert op.state == "pending" and op.progress == 0
     with store.session() as s:
         repo.update_operation(s, op.id, state="running", progress=40, message="copying image")
-        repo.update_operation(s, op.id, result={"vm_id": "vm-1"})
         done = repo.finish_operation(s, op.id, "succeeded", result={"host": "h1"})
     assert done.progress == 100 and done.finished_at is not None
-    assert done.result == {"vm_id": "vm-1", "host": "h1"}
+    assert done.result == {"host": "h1"} and done.message == "copying image"
     with store.read_session() as s:
         got = repo.get_operation(s, op.id)
         assert got.state == "succeeded" and got.message == "copying image"
@@ -67,8 +66,12 @@ def test_operation_failure_paths(store: Store) -> None:
             s, op.id, "failed", error=ResourceExhausted("no room", field="memory_mib")
         )
         assert (failed.error_code, failed.error_field) == ("RESOURCE_EXHAUSTED", "memory_mib")
+        assert (failed.progress, failed.message, failed.result) == (0, "", {})  # kept
         with pytest.raises(FailedPrecondition):
             repo.finish_operation(s, op.id, "succeeded")  # finished is final
+        assert repo.get_operation(s, op.id).state == "failed"
+        with pytest.raises(NotFound):
+            repo.finish_operation(s, "nope", "succeeded")
         with pytest.raises(FailedPrecondition):
             repo.request_cancel(s, op.id)
         with pytest.raises(NotFound):

@@ -48,6 +48,11 @@ class OperationContext:
         (scratch files) stays off the time a waiter sees. Errors are logged, not raised."""
         self._after.append(tidy)
 
+    def release(self, tidy: Callable[[], object]) -> None:
+        """Run ``tidy`` now on another worker while the job goes on: for clean-up the job no
+        longer needs, done while its next step waits on libvirt. Errors are logged."""
+        self._ops._pool.submit(self._ops._tidy, self.id, tidy)
+
     def progress(self, percent: float, message: str) -> None:
         self._ops._progress(self.id, max(0.0, min(100.0, percent)), message)
 
@@ -131,10 +136,14 @@ class Operations:
                 self._finish(op_id, OperationState.SUCCEEDED, result=result)
         finally:
             for tidy in ctx._after:
-                try:
-                    tidy()
-                except Exception:  # noqa: BLE001 - the outcome is recorded; only log
-                    log.exception("operation %s: clean-up after the end failed", op_id)
+                self._tidy(op_id, tidy)
+
+    @staticmethod
+    def _tidy(op_id: str, tidy: Callable[[], object]) -> None:
+        try:
+            tidy()
+        except Exception:  # noqa: BLE001 - the outcome is recorded; only log
+            log.exception("operation %s: clean-up failed", op_id)
 
     def _finish(
         self,

@@ -317,7 +317,7 @@ class VMService:
         seed_file: PendingFile,
     ) -> dict[str, str]:
         vm_id = vm.id
-        ctx.after(seed_file.discard)  # the ISO's bytes are in the volume by the end
+        ctx.after(seed_file.discard)  # on every path, even one that fails before the upload
         undo = UndoStack(f"create vm {vm_id}")
         try:
             with undo:
@@ -393,6 +393,7 @@ class VMService:
                 ctx.progress(65, "writing cloud-init seed")
                 self.step_hook("upload")
                 conn.write_volume(self.config.vm_pool, seed_name, seed_file.wait())
+                ctx.release(seed_file.discard)  # the bytes are in the volume now
                 state = VMState.STOPPED
                 if req.start:
                     ctx.check_cancelled()

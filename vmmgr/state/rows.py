@@ -14,6 +14,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.attributes import manager_of_class
 from sqlmodel import SQLModel
 
@@ -24,6 +25,9 @@ _Default = tuple[str, Any, Callable[[], Any] | None]  # field, value, factory
 
 class _Shape:
     def __init__(self, model: type[SQLModel]) -> None:
+        # The constructor configures the mappers on first use; new_instance does not, and an
+        # unconfigured mapper's attributes cannot be read (a first build before any query).
+        configure_mappers()
         fields = model.model_fields
         self.names = frozenset(fields)
         self.required = frozenset(n for n, f in fields.items() if f.is_required())

@@ -14,6 +14,7 @@ import select
 import shutil
 import subprocess
 import tempfile
+import threading
 
 from vmmgr.errors import DriverError, FailedPrecondition
 
@@ -115,6 +116,8 @@ class SeedIsoBuild:
             raise
         self._error: DriverError | None = None
         self._done = False
+        self._discarding = threading.Lock()
+        self._discarded = False
 
     def wait(self) -> str:
         """The ISO's path once the tool finished; DriverError if it failed or timed out."""
@@ -136,7 +139,12 @@ class SeedIsoBuild:
         return self.path
 
     def discard(self) -> None:
-        """Stop the tool if it still runs and remove what it wrote (the ISO's upload is a copy)."""
+        """Stop the tool if it still runs and remove what it wrote (the ISO's upload is a copy).
+        Once, from whichever thread calls first."""
+        with self._discarding:
+            if self._discarded:
+                return
+            self._discarded = True
         if not self._done:
             if self._proc.poll() is None:
                 self._proc.kill()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, update
+from sqlalchemy import JSON, bindparam, delete, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -93,9 +94,9 @@ def update_operation(
     state: str | None = None,
     progress: float | None = None,
     message: str | None = None,
-    result: Mapping[str, str] | None = None,
 ) -> Operation:
-    """Progress of a pending/running operation; finishing goes through ``finish_operation``."""
+    """Progress of a pending/running operation; finishing (and its result) goes through
+    ``finish_operation``."""
     op = _unfinished(session, op_id)
     if state is not None:
         check_choice("state", state, _UNFINISHED)
@@ -106,29 +107,37 @@ def update_operation(
         op.progress = progress
     if message is not None:
         op.message = message
-    if result is not None:
-        op.result = {**op.result, **result}
     op.updated_at = utcnow()
     session.flush()
     return op
 
 
-_FINISHED = (  # the columns finishing sets
-    "state",
-    "progress",
-    "message",
-    "error_code",
-    "error_message",
-    "error_field",
-    "result",
-    "updated_at",
-    "finished_at",
-)
 _GET = Prepared(sa_select(_OP).where(_OP.c.id == bindparam("op_id")))
+
+
+def _given_or_kept(name: str, type_: Any = None) -> Any:
+    """The bound value, or the column's own when the caller passes None."""
+    column = _OP.c[name]
+    return func.coalesce(bindparam(f"new_{name}", type_=type_ or column.type), column)
+
+
+# One statement ends every operation: updated only while unfinished, so two finishers cannot
+# both win, and RETURNING hands back the finished row without a second read.
 _FINISH = Prepared(
     update(_OP)
     .where(_OP.c.id == bindparam("op_id"), or_(*(_OP.c.state == s for s in _UNFINISHED)))
-    .values({name: bindparam(f"new_{name}") for name in _FINISHED})
+    .values(
+        state=bindparam("new_state"),
+        progress=_given_or_kept("progress"),
+        message=_given_or_kept("message"),
+        error_code=_given_or_kept("error_code"),
+        error_message=_given_or_kept("error_message"),
+        error_field=_given_or_kept("error_field"),
+        result=_given_or_kept("result", JSON(none_as_null=True)),
+        updated_at=bindparam("now"),
+        finished_at=bindparam("now"),
+    )
+    .returning(*_OP.c)
 )
 
 
@@ -143,8 +152,8 @@ def finish_operation(
 ) -> Operation:
     """Move an operation to succeeded / failed / cancelled (once; finished is final).
 
-    Two Core statements (every operation ends here): the row is read, then updated only if
-    still unfinished, so two finishers cannot both win. The returned row is detached."""
+    ``message`` and ``result`` replace the operation's own when given. Success sets progress
+    to 100; an error sets the error fields. The returned row is detached."""
     check_choice(
         "state",
         state,
@@ -152,28 +161,26 @@ def finish_operation(
     )
     if state == OperationState.FAILED and error is None:
         raise InvalidArgument("error", "a failed operation needs its error")
+    done = _FINISH.first(
+        session,
+        {
+            "op_id": op_id,
+            "new_state": state,
+            "new_progress": 100.0 if state == OperationState.SUCCEEDED else None,
+            "new_message": message,
+            "new_error_code": error.code if error else None,
+            "new_error_message": error.message if error else None,
+            "new_error_field": (error.field or "") if error else None,
+            "new_result": None if result is None else dict(result),
+            "now": utcnow(),
+        },
+    )
+    if done is not None:
+        return build(Operation, done._asdict())
     found = _GET.first(session, {"op_id": op_id})
     if found is None:
         raise NotFound(f"operation {op_id!r} not found")
-    row = found._asdict()
-    if row["state"] not in _UNFINISHED:
-        raise FailedPrecondition(f"operation {op_id!r} already {row['state']}")
-    now = utcnow()
-    new = {
-        "state": state,
-        "progress": 100.0 if state == OperationState.SUCCEEDED else row["progress"],
-        "message": row["message"] if message is None else message,
-        "error_code": error.code if error else row["error_code"],
-        "error_message": error.message if error else row["error_message"],
-        "error_field": (error.field or "") if error else row["error_field"],
-        "result": {**row["result"], **result} if result is not None else row["result"],
-        "updated_at": now,
-        "finished_at": now,
-    }
-    done = _FINISH.execute(session, {"op_id": op_id, **{f"new_{k}": v for k, v in new.items()}})
-    if done != 1:
-        raise FailedPrecondition(f"operation {op_id!r} finished meanwhile")
-    return build(Operation, {**row, **new})
+    raise FailedPrecondition(f"operation {op_id!r} already {found.state}")
 
 
 def request_cancel(session: Session, op_id: str) -> Operation:
