@@ -13,8 +13,8 @@ spec (JSON), then:
   snapshot              build_snapshot (hosts, VMs, claims, groups) vs a raw
                         ``SELECT id,name,host,vcpus,memory_mib,disk_gib,state,ha,ha_priority``
   snapshot/placement    build_snapshot(placement_only=True), what every create reads, vs a
-                        raw ``SELECT * FROM host``: the part that still grows with the VM count
-                        is the per-host usage sum (answered from the ix_vm_host_usage index)
+                        raw ``SELECT * FROM host``: it must not grow with the VM count (the
+                        per-host usage comes from host_usage, kept by triggers)
 
 It prints p50 / p99 wall latency (ms) and the ratio to the bound's p50/p99, plus the p50 of
 this thread's CPU time (steadier on a shared machine). No assertions: figures.
@@ -194,7 +194,7 @@ def snapshot_repo(store: Store) -> None:
 
 
 def placement_snapshot(store: Store) -> None:
-    """What every create reads (under its write lock): hosts, usage summed per host, groups."""
+    """What every create reads (under its write lock): hosts with their usage, groups."""
     with store.read_session() as s:
         snap = build_snapshot(s, placement_only=True)
         assert len(snap.hosts) == HOSTS

@@ -81,3 +81,29 @@ def test_sequences_never_reuse(empty_db_url: str) -> None:
             assert cols["seq"]["autoincrement"] is True
     finally:
         engine.dispose()
+
+
+def test_host_usage_is_filled_from_existing_vms(empty_db_url: str) -> None:
+    """Upgrading a store that already has VMs sums them into host_usage, and downgrading
+    past 0003 removes the table and its triggers (VM writes keep working)."""
+    from sqlmodel import Session
+
+    from vmmgr.state import repo
+    from vmmgr.state.models import VM, Host
+
+    engine = make_engine(empty_db_url)
+    try:
+        upgrade_to_head(engine)
+        downgrade_to(engine, "0002")
+        assert "host_usage" not in inspect(engine).get_table_names()
+        with Session(engine) as s:
+            repo.add_host(s, Host(name="h1", uri="x", state="up", cpus=8, memory_mib=8192))
+            for n, host in enumerate(("h1", "h1", None)):
+                repo.add_vm(s, VM(name=f"v{n}", host=host, vcpus=2, memory_mib=512, disk_gib=3))
+            s.commit()
+        upgrade_to_head(engine)
+        with engine.connect() as c:
+            rows = c.execute(text("SELECT host, vcpus, memory_mib, disk_gib FROM host_usage"))
+            assert [tuple(r) for r in rows] == [("h1", 4, 1024, 6)]
+    finally:
+        engine.dispose()

@@ -46,6 +46,7 @@ from vmmgr.state.models import (
     DeviceSample,
     Host,
     HostSample,
+    HostUsage,
     PlacementGroup,
     VMGroupMember,
     VMState,
@@ -104,17 +105,23 @@ _MEMBER_VMS = Prepared(
     .where(col(VM.id).in_(sa_select(col(VMGroupMember.vm_id))))
     .order_by(col(VM.id))
 )
-_USAGE = Prepared(
-    sa_select(col(VM.host), func.sum(VM.vcpus), func.sum(VM.memory_mib), func.sum(VM.disk_gib))
-    .where(col(VM.host).is_not(None))
-    .group_by(col(VM.host))
-)
 _DEVICE_T = Device.__table__  # type: ignore[attr-defined]
 _DEVICES = Prepared(
     sa_select(_DEVICE_T).where(_DEVICE_T.c.present.is_(True)).order_by(_DEVICE_T.c.id)
 )
 _HOST_T = Host.__table__  # type: ignore[attr-defined]
-_HOSTS = Prepared(sa_select(_HOST_T).order_by(_HOST_T.c.name))
+_USAGE_T = HostUsage.__table__  # type: ignore[attr-defined]
+# each host with what its VMs hold (kept by triggers; no usage row: no VM placed there yet)
+_HOSTS = Prepared(
+    sa_select(
+        _HOST_T,
+        func.coalesce(_USAGE_T.c.vcpus, 0).label("used_vcpus"),
+        func.coalesce(_USAGE_T.c.memory_mib, 0).label("used_memory_mib"),
+        func.coalesce(_USAGE_T.c.disk_gib, 0).label("used_disk_gib"),
+    )
+    .select_from(_HOST_T.outerjoin(_USAGE_T, _USAGE_T.c.host == _HOST_T.c.name))
+    .order_by(_HOST_T.c.name)
+)
 
 
 def _mig_snap(mig: dict[str, Any], claimed_profiles: list[str]) -> MigSnap | None:
@@ -148,8 +155,8 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     """The cluster as the store holds it now.
 
     ``placement_only``: what placing new VMs needs and nothing more, so its cost does not grow
-    with the number of VMs: per-host usage is summed by the database, ``vms`` holds only VMs in
-    placement groups (for affinity) and ``HostSnap.vms`` is empty.
+    with the number of VMs: per-host usage is read from ``host_usage`` (kept by triggers),
+    ``vms`` holds only VMs in placement groups (for affinity) and ``HostSnap.vms`` is empty.
     """
     # ---- claims, indexed both ways
     whole_by_device: dict[str, str] = {}
@@ -180,9 +187,6 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     used: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     vms_by_host: dict[str, list[str]] = defaultdict(list)
     vm_snaps: list[VMSnap] = []
-    if placement_only:
-        for host, vcpus, memory_mib, disk_gib in _USAGE.rows(session, {}):
-            used[str(host)] = [int(vcpus or 0), int(memory_mib or 0), int(disk_gib or 0)]
     vm_rows = (_MEMBER_VMS if placement_only else _VMS).rows(session, {})
     for vm_id, name, host, vcpus, memory_mib, disk_gib, state, ha, priority in vm_rows:
         if host is not None and not placement_only:
@@ -250,7 +254,12 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     load = {h: u for h, u in _HOST_LOAD.rows(session, {}) if u is not None}
     hosts = []
     for h in _HOSTS.rows(session, {}):
-        u = used.get(h.name, [0, 0, 0])
+        # placement_only reads no VM rows: the triggers' sums stand in for counting them here
+        held = (
+            (h.used_vcpus, h.used_memory_mib, h.used_disk_gib)
+            if placement_only
+            else tuple(used.get(h.name, (0, 0, 0)))
+        )
         hosts.append(
             HostSnap(
                 name=h.name,
@@ -258,9 +267,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
                 cpus=h.cpus,
                 memory_mib=h.memory_mib,
                 disk_gib=h.disk_gib,
-                used_vcpus=u[0],
-                used_memory_mib=u[1],
-                used_disk_gib=u[2],
+                used_vcpus=held[0],
+                used_memory_mib=held[1],
+                used_disk_gib=held[2],
                 numa_cells=tuple(
                     NumaCell(id=int(c["id"]), cpus=int(c["cpus"]), memory_mib=int(c["memory_mib"]))
                     for c in h.numa_cells
