@@ -151,3 +151,25 @@ def test_released_clean_up_runs_on_another_worker_while_the_job_goes_on(
     assert done and op.state == OperationState.SUCCEEDED
     assert tidy_thread and tidy_thread != job_thread
     assert any("clean-up failed" in r.getMessage() for r in caplog.records)
+
+
+def test_released_clean_up_runs_inline_once_the_pool_shuts_down(store: Store) -> None:
+    ops = _ops(store)
+    ran: list[int] = []
+    go = threading.Event()
+
+    def job(ctx: OperationContext) -> dict[str, str]:
+        go.wait(10)  # by now shutdown() refuses new work
+        ctx.release(lambda: ran.append(threading.get_ident()))
+        ran.append(-threading.get_ident())
+        return {}
+
+    ops.submit("vm.create", "t", job)
+    stopper = threading.Thread(target=ops.shutdown)
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while not ops._pool._shutdown and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    go.set()
+    stopper.join(10)
+    assert len(ran) == 2 and ran[0] == -ran[1]  # ran on the job's own thread, before it went on

@@ -51,7 +51,10 @@ class OperationContext:
     def release(self, tidy: Callable[[], object]) -> None:
         """Run ``tidy`` now on another worker while the job goes on: for clean-up the job no
         longer needs, done while its next step waits on libvirt. Errors are logged."""
-        self._ops._pool.submit(self._ops._tidy, self.id, tidy)
+        try:
+            self._ops._pool.submit(self._ops._tidy, self.id, tidy)
+        except RuntimeError:  # the daemon is shutting down: no new work for the pool
+            self._ops._tidy(self.id, tidy)
 
     def progress(self, percent: float, message: str) -> None:
         self._ops._progress(self.id, max(0.0, min(100.0, percent)), message)

@@ -1,11 +1,12 @@
 """Build the frozen ClusterSnapshot that every decision reads, straight from the store.
 
-Resource accounting (what a host's ``used_*`` sums): **every VM whose ``host`` is set holds its
-vcpus/memory/disk on that host, whatever its state** -- stopped, paused, crashed, migrating,
-deleting and error included. A stopped VM keeps its reservation so that starting it on its host
-always fits (the same choice as Nova); a deleting or failed VM still has a domain/volumes on
-the host until undo finishes, and services clear ``VM.host`` once everything is released.
-Counting conservatively can only make placement refuse, never overcommit.
+Resource accounting (what a host's ``used_*`` sums, kept in ``host_usage`` by triggers):
+**every VM whose ``host`` is set holds its vcpus/memory/disk on that host, whatever its
+state** -- stopped, paused, crashed, migrating, deleting and error included. A stopped VM
+keeps its reservation so that starting it on its host always fits (the same choice as Nova); a
+deleting or failed VM still has a domain/volumes on the host until undo finishes, and services
+clear ``VM.host`` once everything is released. Counting conservatively can only make placement
+refuse, never overcommit.
 
 ``VMSnap.running`` is the observed state: running, paused, migrating or shutting_down (a QEMU
 process exists). Devices: only ``present`` devices appear; ``claimed_by`` is the VM holding the
@@ -155,8 +156,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     """The cluster as the store holds it now.
 
     ``placement_only``: what placing new VMs needs and nothing more, so its cost does not grow
-    with the number of VMs: per-host usage is read from ``host_usage`` (kept by triggers),
-    ``vms`` holds only VMs in placement groups (for affinity) and ``HostSnap.vms`` is empty.
+    with the number of VMs: ``vms`` holds only VMs in placement groups (for affinity) and
+    ``HostSnap.vms`` is empty. Per-host usage always comes from ``host_usage`` (kept by
+    triggers on ``vm``), never from summing VM rows.
     """
     # ---- claims, indexed both ways
     whole_by_device: dict[str, str] = {}
@@ -183,17 +185,12 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
         for name, policy, hard in _GROUPS.rows(session, {})
     )
 
-    # ---- VMs and per-host usage
-    used: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    # ---- VMs (per-host usage comes with the hosts, from host_usage)
     vms_by_host: dict[str, list[str]] = defaultdict(list)
     vm_snaps: list[VMSnap] = []
     vm_rows = (_MEMBER_VMS if placement_only else _VMS).rows(session, {})
     for vm_id, name, host, vcpus, memory_mib, disk_gib, state, ha, priority in vm_rows:
         if host is not None and not placement_only:
-            u = used[host]
-            u[0] += vcpus
-            u[1] += memory_mib
-            u[2] += disk_gib
             vms_by_host[host].append(vm_id)
         claims = claims_by_vm.get(vm_id, ())
         vm_snaps.append(
@@ -254,12 +251,6 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     load = {h: u for h, u in _HOST_LOAD.rows(session, {}) if u is not None}
     hosts = []
     for h in _HOSTS.rows(session, {}):
-        # placement_only reads no VM rows: the triggers' sums stand in for counting them here
-        held = (
-            (h.used_vcpus, h.used_memory_mib, h.used_disk_gib)
-            if placement_only
-            else tuple(used.get(h.name, (0, 0, 0)))
-        )
         hosts.append(
             HostSnap(
                 name=h.name,
@@ -267,9 +258,9 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
                 cpus=h.cpus,
                 memory_mib=h.memory_mib,
                 disk_gib=h.disk_gib,
-                used_vcpus=held[0],
-                used_memory_mib=held[1],
-                used_disk_gib=held[2],
+                used_vcpus=h.used_vcpus,
+                used_memory_mib=h.used_memory_mib,
+                used_disk_gib=h.used_disk_gib,
                 numa_cells=tuple(
                     NumaCell(id=int(c["id"]), cpus=int(c["cpus"]), memory_mib=int(c["memory_mib"]))
                     for c in h.numa_cells
