@@ -85,7 +85,7 @@ def test_sequences_never_reuse(empty_db_url: str) -> None:
 
 def test_host_usage_is_filled_from_existing_vms(empty_db_url: str) -> None:
     """Upgrading a store that already has VMs sums them into host_usage, and downgrading
-    past 0003 removes the table and its triggers (VM writes keep working)."""
+    past 0002 removes the table and its triggers (VM writes keep working)."""
     from sqlmodel import Session
 
     from vmmgr.state import repo
@@ -94,7 +94,7 @@ def test_host_usage_is_filled_from_existing_vms(empty_db_url: str) -> None:
     engine = make_engine(empty_db_url)
     try:
         upgrade_to_head(engine)
-        downgrade_to(engine, "0002")
+        downgrade_to(engine, "0001")
         assert "host_usage" not in inspect(engine).get_table_names()
         with Session(engine) as s:
             repo.add_host(s, Host(name="h1", uri="x", state="up", cpus=8, memory_mib=8192))

@@ -174,7 +174,7 @@ class VM(SQLModel, table=True):
 class HostUsage(SQLModel, table=True):
     """What the VMs placed on a host hold, summed: every VM whose ``host`` is set, whatever
     its state (the snapshot's accounting rule). Kept by database triggers on ``vm`` (migration
-    0003), so any writer keeps it right and every create reads one row per host instead of
+    0002), so any writer keeps it right and every create reads one row per host instead of
     summing every VM. vmmgr never writes it."""
 
     __tablename__ = "host_usage"
