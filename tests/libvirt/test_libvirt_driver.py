@@ -454,6 +454,31 @@ def test_define_describes_the_new_domain_as_libvirt_does(conn: LibvirtConnection
         assert conn.define(s) == conn.get_domain(s.vm_id)
 
 
+def test_define_of_a_new_uuid_skips_the_look_up_and_still_maps_a_taken_name(
+    conn: LibvirtConnection,
+) -> None:
+    """``new=True`` (a create's fresh uuid) asks libvirt nothing before defineXML; the
+    answer and the errors are those of an ordinary define."""
+    calls: list[str] = []
+    real = conn.virconn
+    s = spec()
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            calls.append(name)
+            return getattr(real, name)
+
+    conn._conn = Counting()  # type: ignore[assignment]
+    try:
+        got = conn.define(s, new=True)
+        assert "lookupByUUIDString" not in calls and "defineXML" in calls
+        with pytest.raises(AlreadyExists):
+            conn.define(spec(name="foreign", vm_id=str(uuid.uuid4())), new=True)
+    finally:
+        conn._conn = real
+    assert got == conn.get_domain(s.vm_id)
+
+
 def test_define_refuses_a_foreign_domain_with_the_same_uuid_and_name(
     conn: LibvirtConnection,
 ) -> None:

@@ -216,6 +216,13 @@ def test_snapshot_sums_usage_devices_groups(store: Store) -> None:
     assert [dataclasses.replace(h, vms=()) for h in snap.hosts] == list(view.hosts)
     assert {v.id for v in view.vms} == {a.id, d.id}
     assert [v for v in snap.vms if v.id in (a.id, d.id)] == list(view.vms)
+    # placing a VM in no group: no group rule can concern it, so neither groups nor VMs
+    with store.read_session() as s:
+        bare = build_snapshot(s, placement_only=True, groups=False)
+        full = build_snapshot(s, groups=False)  # only the placement view may leave them out
+    assert bare.groups == () and bare.vms == ()
+    assert bare.hosts == view.hosts
+    assert full.groups == snap.groups and full.vms == snap.vms
 
 
 def test_snapshot_vm_without_claims_is_migratable(store: Store) -> None:

@@ -62,6 +62,8 @@ def _safe_deserializer(inner: Callable[[bytes], Any] | None) -> Callable[[bytes]
 
 def printable(text: str, limit: int = AUDIT_TEXT_LIMIT) -> str:
     """Control characters escaped and length capped: safe for any store and any terminal."""
+    if len(text) <= limit and text.isprintable():  # the usual case: nothing to escape
+        return text
     out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[:limit])
     return out + ("..." if len(text) > limit else "")
 

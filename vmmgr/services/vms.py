@@ -255,7 +255,7 @@ class VMService:
                         f"vm {req.name!r} already exists in project {req.project!r}",
                         field="spec.name",
                     )
-                snap = build_snapshot(s, placement_only=True)
+                snap = build_snapshot(s, placement_only=True, groups=bool(req.groups))
                 check_known(req, snap, self.accel.fpga_profiles)
                 placement = self.scheduler.place(snap, self.placement_request(req, vm_id))
                 if placement.host is None:
@@ -387,7 +387,7 @@ class VMService:
                     mdev_hostdevs=attached.mdev,
                     numa_node=numa,
                 )
-                conn.define(spec)
+                conn.define(spec, new=True)  # vm_id is a fresh uuid4
                 undo.push(lambda: conn.undefine(vm_id), "undefine domain")
                 ctx.check_cancelled()
                 ctx.progress(65, "writing cloud-init seed")

@@ -152,14 +152,19 @@ def _mig_snap(mig: dict[str, Any], claimed_profiles: list[str]) -> MigSnap | Non
     )
 
 
-def build_snapshot(session: Session, *, placement_only: bool = False) -> ClusterSnapshot:
+def build_snapshot(
+    session: Session, *, placement_only: bool = False, groups: bool = True
+) -> ClusterSnapshot:
     """The cluster as the store holds it now.
 
     ``placement_only``: what placing new VMs needs and nothing more, so its cost does not grow
     with the number of VMs: ``vms`` holds only VMs in placement groups (for affinity) and
-    ``HostSnap.vms`` is empty. Per-host usage always comes from ``host_usage`` (kept by
-    triggers on ``vm``), never from summing VM rows.
+    ``HostSnap.vms`` is empty. With ``groups=False`` as well (placing a VM that is in no
+    group, which no group rule can concern) it has no groups and no VMs at all: three queries
+    fewer. Per-host usage always comes from ``host_usage`` (kept by triggers on ``vm``), never
+    from summing VM rows.
     """
+    with_groups = groups or not placement_only
     # ---- claims, indexed both ways
     whole_by_device: dict[str, str] = {}
     mdev_by_device: dict[str, list[str]] = defaultdict(list)
@@ -177,18 +182,18 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
     # ---- groups
     members: dict[str, set[str]] = defaultdict(set)
     groups_by_vm: dict[str, list[str]] = defaultdict(list)
-    for vm_id, group in _MEMBERS.rows(session, {}):
+    for vm_id, group in _MEMBERS.rows(session, {}) if with_groups else ():
         members[group].add(vm_id)
         groups_by_vm[vm_id].append(group)
-    groups = tuple(
+    group_snaps = tuple(
         GroupSnap(name=name, policy=policy, hard=hard, members=frozenset(members.get(name, ())))
-        for name, policy, hard in _GROUPS.rows(session, {})
+        for name, policy, hard in (_GROUPS.rows(session, {}) if with_groups else ())
     )
 
     # ---- VMs (per-host usage comes with the hosts, from host_usage)
     vms_by_host: dict[str, list[str]] = defaultdict(list)
     vm_snaps: list[VMSnap] = []
-    vm_rows = (_MEMBER_VMS if placement_only else _VMS).rows(session, {})
+    vm_rows = (_MEMBER_VMS if placement_only else _VMS).rows(session, {}) if with_groups else []
     for vm_id, name, host, vcpus, memory_mib, disk_gib, state, ha, priority in vm_rows:
         if host is not None and not placement_only:
             vms_by_host[host].append(vm_id)
@@ -272,4 +277,4 @@ def build_snapshot(session: Session, *, placement_only: bool = False) -> Cluster
                 vms=tuple(vms_by_host.get(h.name, ())),
             )
         )
-    return ClusterSnapshot(hosts=tuple(hosts), vms=tuple(vm_snaps), groups=groups)
+    return ClusterSnapshot(hosts=tuple(hosts), vms=tuple(vm_snaps), groups=group_snaps)

@@ -544,8 +544,10 @@ class LibvirtConnection:
                     return None
                 raise
 
-    def define(self, spec: DomainSpec) -> DomainInfo:
-        """Define (or redefine) the vmmgr domain for ``spec``; the domain uuid is spec.vm_id."""
+    def define(self, spec: DomainSpec, *, new: bool = False) -> DomainInfo:
+        """Define (or redefine) the vmmgr domain for ``spec``; the domain uuid is spec.vm_id.
+        ``new``: that uuid was just generated (a create), so the look-up for a foreign domain
+        holding it is skipped: one libvirt call fewer."""
         uuid = vm_uuid(spec.vm_id)
         with self._libvirt(f"define vm {uuid}") as conn:
             xml = domain_xml_from_spec(
@@ -556,7 +558,7 @@ class LibvirtConnection:
             )
             # defineXML overwrites a domain with the same uuid AND name, so a foreign one must
             # be caught first; a name taken by another uuid libvirt refuses itself (below)
-            existing = self._find(conn, uuid)
+            existing = None if new else self._find(conn, uuid)
             if existing is not None and vmmgr_metadata(existing.XMLDesc(0)) is None:
                 raise FailedPrecondition(
                     f"a foreign domain {existing.name()!r} already has uuid {uuid}"
