@@ -9,6 +9,7 @@ ratio (target <= 1.5x).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -132,19 +133,22 @@ def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) -> 
     stream.finish()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=40)
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-create-"))
+def prepare(tmp: Path, node_xml: str = NODE) -> tuple[str, Path]:
+    """A test-driver URI over ``node_xml`` and a base image; both live in ``tmp``."""
     node = tmp / "node.xml"
-    node.write_text(NODE)
+    node.write_text(node_xml)
     base = tmp / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
-    uri = f"test://{node}"
+    return f"test://{node}", base
 
-    # vmmgrd runs as its own process, as in production; the direct calls run in this one.
+
+def start_daemon(
+    state: Path, uri: str, base: Path, checkout: Path | None = None
+) -> tuple[subprocess.Popen[bytes], grpc.Channel]:
+    """vmmgrd (from ``checkout``, default this one) as its own process, as in production,
+    with host ``b`` at ``uri`` and image ``base`` imported; its channel."""
     port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(checkout)} if checkout else None
     daemon = subprocess.Popen(
         [
             sys.executable,
@@ -153,52 +157,86 @@ def main() -> None:
             "--listen",
             f"127.0.0.1:{port}",
             "--state-dir",
-            str(tmp / "state"),
+            str(state / "state"),
             "--image-pool-path",
-            str(tmp / "images"),
+            str(state / "images"),
             "--vm-pool-path",
-            str(tmp / "vms"),
+            str(state / "vms"),
             "--resync-interval-s",
             "3600",
+            "--metrics-listen",
+            "",  # two daemons (ab.py) would want the same port
             "--log-level",
             "WARNING",
-        ]
+        ],
+        cwd=checkout,
+        env=env,
     )
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(ch).result(timeout=30)
-    vms, ops = vm_pb2_grpc.VMServiceStub(ch), operation_pb2_grpc.OperationServiceStub(ch)
     host_pb2_grpc.HostServiceStub(ch).RegisterHost(host_pb2.RegisterHostRequest(name="b", uri=uri))
     op = (
         image_pb2_grpc.ImageServiceStub(ch)
         .ImportImage(image_pb2.ImportImageRequest(name="base", source_path=str(base)))
         .operation
     )
-    ops.WaitOperation(operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60))
+    operation_pb2_grpc.OperationServiceStub(ch).WaitOperation(
+        operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60)
+    )
+    return daemon, ch
 
-    dconn, base_path, pool_name = direct_setup(uri, tmp, base)
-    caps = HostCapabilities.from_xml(dconn.getCapabilities())
-    work = Path(tempfile.mkdtemp(prefix="vmmgr-bench-seeds-", dir=scratch_root()))  # as vmmgrd
 
+def create_via(ch: grpc.Channel, name: str) -> float:
+    """Seconds from CreateVM to its operation's success, through vmmgrd."""
+    vms, ops = vm_pb2_grpc.VMServiceStub(ch), operation_pb2_grpc.OperationServiceStub(ch)
+    t0 = time.perf_counter()
+    op = vms.CreateVM(
+        vm_pb2.CreateVMRequest(
+            spec=vm_pb2.VMSpec(
+                name=name,
+                vcpus=1,
+                memory_mib=256,
+                domain_type="qemu",
+                disks=[vm_pb2.DiskSpec(image="base")],
+            )
+        )
+    ).operation
+    done = ops.WaitOperation(operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60))
+    assert done.operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, done.operation
+    return time.perf_counter() - t0
+
+
+class Direct:
+    """The same work without vmmgr, in this process; ``create`` times one."""
+
+    def __init__(self, uri: str, tmp: Path, base: Path) -> None:
+        self.conn, self.base_path, self.pool = direct_setup(uri, tmp, base)
+        self.caps = HostCapabilities.from_xml(self.conn.getCapabilities())
+        self.work = Path(tempfile.mkdtemp(prefix="vmmgr-bench-seeds-", dir=scratch_root()))
+        self.n = 0  # as vmmgrd: seeds on tmpfs
+
+    def create(self) -> float:
+        t0 = time.perf_counter()
+        direct_create(self.conn, self.pool, self.base_path, self.n, self.caps, self.work)
+        self.n += 1
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=40)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-create-"))
+    uri, base = prepare(tmp)
+    daemon, ch = start_daemon(tmp, uri, base)
+    direct_side = Direct(uri, tmp, base)
     via, direct = [], []
     for n in range(args.runs):
-        t0 = time.perf_counter()
-        op = vms.CreateVM(
-            vm_pb2.CreateVMRequest(
-                spec=vm_pb2.VMSpec(
-                    name=f"v{n}",
-                    vcpus=1,
-                    memory_mib=256,
-                    domain_type="qemu",
-                    disks=[vm_pb2.DiskSpec(image="base")],
-                )
-            )
-        ).operation
-        done = ops.WaitOperation(operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60))
-        assert done.operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, done.operation
-        via.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        direct_create(dconn, pool_name, base_path, n, caps, work)
-        direct.append(time.perf_counter() - t0)
+        via.append(create_via(ch, f"v{n}"))
+        direct.append(direct_side.create())
 
     def pct(xs: list[float], q: float) -> float:
         return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
@@ -217,7 +255,7 @@ def main() -> None:
     ch.close()
     daemon.terminate()
     daemon.wait(10)
-    shutil.rmtree(work, ignore_errors=True)
+    direct_side.close()
 
 
 def free_port() -> int:
