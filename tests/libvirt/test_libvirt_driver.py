@@ -294,21 +294,37 @@ def test_hostile_name_and_description_survive_libvirt(conn: LibvirtConnection) -
 # ---------------------------------------------------------------------- events
 
 
-def test_lifecycle_events_reach_listeners(conn: LibvirtConnection) -> None:
+def test_events_of_our_own_calls_are_not_reported(conn: LibvirtConnection) -> None:
+    """The caller of define/start/suspend/resume/destroy/undefine records the outcome itself."""
     events: list[DomainEvent] = []
     conn.on_domain_event(events.append)
     s = spec()
     conn.define(s)
-    assert conn.drain_events()  # a DEFINED event reports the run state when it is handled
     conn.start(s.vm_id)
     conn.suspend(s.vm_id)
     conn.resume(s.vm_id)
     conn.destroy(s.vm_id)
     conn.undefine(s.vm_id)
     assert conn.drain_events()
+    assert events == []
+
+
+def test_lifecycle_events_of_others_on_our_domain_reach_listeners(
+    conn: LibvirtConnection,
+) -> None:
+    events: list[DomainEvent] = []
+    s = spec()
+    conn.define(s)
+    conn.on_domain_event(events.append)
+    raw = conn.virconn.lookupByUUIDString(s.vm_id)  # someone else, on the same libvirt
+    raw.create()
+    raw.suspend()
+    raw.resume()
+    raw.destroy()
+    raw.undefine()
+    assert conn.drain_events()
     mine = [(e.reason, e.detail, e.state) for e in events if e.uuid == s.vm_id]
     assert mine == [
-        ("defined", "added", DomainState.STOPPED),
         ("started", "booted", DomainState.RUNNING),
         ("suspended", "paused", DomainState.PAUSED),
         ("resumed", "unpaused", DomainState.RUNNING),
@@ -316,6 +332,25 @@ def test_lifecycle_events_reach_listeners(conn: LibvirtConnection) -> None:
         ("undefined", "removed", DomainState.STOPPED),
     ]
     assert {(e.vm_id, e.host, e.name) for e in events} == {(s.vm_id, "h1", "vm1")}
+
+
+def test_only_the_event_our_call_caused_is_dropped(conn: LibvirtConnection) -> None:
+    """A call that fails leaves nothing marked, and the next event of the same kind (someone
+    else's) is reported."""
+    events: list[DomainEvent] = []
+    s = spec()
+    conn.define(s)
+    conn.start(s.vm_id)
+    conn.on_domain_event(events.append)
+    with pytest.raises(FailedPrecondition, match="already running"):
+        conn.start(s.vm_id)
+    raw = conn.virconn.lookupByUUIDString(s.vm_id)
+    raw.destroy()
+    raw.create()
+    conn.destroy(s.vm_id)
+    raw.create()
+    assert conn.drain_events()
+    assert [e.reason for e in events] == ["stopped", "started", "started"]
 
 
 def test_events_of_foreign_domains_carry_no_vm_id(conn: LibvirtConnection) -> None:
@@ -334,9 +369,9 @@ def test_a_failing_listener_does_not_stop_the_others(conn: LibvirtConnection) ->
 
     conn.on_domain_event(broken)
     conn.on_domain_event(lambda e: seen.append(e.reason))
-    conn.define(spec())
+    conn.virconn.lookupByUUIDString(FOREIGN_UUID).destroy()
     assert conn.drain_events()
-    assert seen == ["defined"]
+    assert seen == ["stopped"]
 
 
 # ---------------------------------------------------------------------- errors
@@ -440,9 +475,9 @@ def test_reconnect_replaces_the_connection_and_keeps_listeners(conn: LibvirtConn
     old = conn.virconn
     conn.reconnect()
     assert conn.virconn is not old and conn.alive()
-    conn.define(spec())
+    conn.virconn.lookupByUUIDString(FOREIGN_UUID).destroy()
     assert conn.drain_events()
-    assert [e.reason for e in events] == ["defined"]
+    assert [e.reason for e in events] == ["stopped"]
 
 
 # ---------------------------------------------------------------------- create path shortcuts
@@ -531,7 +566,7 @@ def test_a_domain_redefined_without_metadata_behind_our_back_is_foreign_again(
         with pytest.raises(FailedPrecondition, match="foreign"):
             op(s.vm_id)
     defined = [e.vm_id for e in events if e.reason == "defined"]
-    assert defined == [s.vm_id, None]  # ours (not read back), then theirs (read)
+    assert defined == [None]  # theirs, read back (ours is not reported)
 
 
 def test_a_domain_undefined_and_replaced_behind_our_back_is_foreign(

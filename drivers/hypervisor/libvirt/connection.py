@@ -14,6 +14,7 @@ seed, define, start) does not look them up and re-read their XML on every call.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -101,8 +102,9 @@ class LibvirtConnection:
         # uuid -> handle of a domain seen carrying vmmgr metadata (we defined it, or read its
         # XML); dropped when it is undefined or seen without metadata (see _owned_domain).
         self._mine: dict[str, libvirt.virDomain] = {}
-        # uuid -> vm_id of a define of ours whose DEFINED event has not come yet (see _emit)
-        self._defining: dict[str, str] = {}
+        # (uuid, lifecycle event): how many our calls caused that libvirt has not told yet
+        self._causing: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._causing_lock = threading.Lock()
         self._dispatcher = Dispatcher(f"libvirt-events-{host_name}")
 
     # ------------------------------------------------------------------ connection state
@@ -200,7 +202,7 @@ class LibvirtConnection:
         # handles belong to that connection, and events may be missed until the next one
         self._pools.clear()
         self._mine.clear()
-        self._defining.clear()
+        self._causing.clear()
         if conn is None:
             return
         if self._event_cb_id is not None:
@@ -274,10 +276,38 @@ class LibvirtConnection:
     def _on_lifecycle(
         self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _o: object
     ) -> None:
-        """libvirt's lifecycle callback (event loop thread): only read local fields, enqueue."""
-        uuid, name = dom.UUIDString(), dom.name()
+        """libvirt's lifecycle callback (event loop thread): only read local fields, enqueue.
+        An event that a call of this connection caused is dropped (see ``_own_event``)."""
+        uuid = dom.UUIDString()
+        if self._unmark(uuid, event):
+            return
+        name = dom.name()
         observed = time.monotonic()
         self._dispatcher.submit(lambda: self._emit(dom, uuid, name, event, detail, observed))
+
+    @contextmanager
+    def _own_event(self, uuid: str, event: int) -> Iterator[None]:
+        """Around a call that makes libvirt emit ``event`` for domain ``uuid``: that event is
+        not reported, because the caller records the outcome itself, and every create would
+        otherwise hand two events to the dispatcher thread just to be ignored. Marked before
+        the call (the event may arrive before it returns); unmarked if the call fails."""
+        with self._causing_lock:
+            self._causing[uuid, event] += 1
+        try:
+            yield
+        except BaseException:
+            self._unmark(uuid, event)
+            raise
+
+    def _unmark(self, uuid: str, event: int) -> bool:
+        """Take one mark of ``event`` on ``uuid``; whether there was one."""
+        with self._causing_lock:
+            if self._causing[uuid, event] <= 0:
+                return False
+            self._causing[uuid, event] -= 1
+            if not self._causing[uuid, event]:
+                del self._causing[uuid, event]
+            return True
 
     def _register_nodedev_events(self, conn: libvirt.virConnect) -> int | None:
         """Node device lifecycle events (a GPU or an mdev appears or goes): best effort, some
@@ -319,15 +349,8 @@ class LibvirtConnection:
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             vm_id = self._owned.get(uuid)
             self._mine.pop(uuid, None)
-        elif event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
-            # Our own define wrote that XML: no need to read it back. define() registers it
-            # before calling defineXML, so no later DEFINED event (someone else's) can take it.
-            vm_id = self._defining.pop(uuid, None)
-            if vm_id is None:
-                vm_id = self._read_vm_id(dom, uuid)  # someone else may have redefined it
-            else:
-                self._owned[uuid] = vm_id
-        elif uuid not in self._owned:
+        elif event == libvirt.VIR_DOMAIN_EVENT_DEFINED or uuid not in self._owned:
+            # (DEFINED: someone else redefined it, ours are dropped on arrival)
             vm_id = self._read_vm_id(dom, uuid)
         else:
             vm_id = self._owned[uuid]
@@ -563,11 +586,10 @@ class LibvirtConnection:
                 raise FailedPrecondition(
                     f"a foreign domain {existing.name()!r} already has uuid {uuid}"
                 )
-            self._defining[uuid] = uuid  # before defineXML: its event may come before it returns
             try:
-                dom = conn.defineXML(xml)
+                with self._own_event(uuid, libvirt.VIR_DOMAIN_EVENT_DEFINED):
+                    dom = conn.defineXML(xml)
             except libvirt.libvirtError as e:
-                self._defining.pop(uuid, None)
                 # "already exists with uuid" comes as plain OPERATION_FAILED: look, not parse
                 if not is_connection_error(e):
                     taken_by = self._name_taken_by(conn, spec.name, uuid)
@@ -611,19 +633,24 @@ class LibvirtConnection:
             self._mine.pop(vm_uuid(vm_id), None)
             if dom.isActive():
                 raise FailedPrecondition(f"vm {vm_id} is running; stop it before undefining")
-            try:
-                dom.undefineFlags(_UNDEFINE_FLAGS)
-            except libvirt.libvirtError as e:
-                if error_code(e) not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
-                    raise
-                dom.undefineFlags(_UNDEFINE_FLAGS_BASIC)
+            with self._own_event(vm_uuid(vm_id), libvirt.VIR_DOMAIN_EVENT_UNDEFINED):
+                try:
+                    dom.undefineFlags(_UNDEFINE_FLAGS)
+                except libvirt.libvirtError as e:
+                    if error_code(e) not in (
+                        libvirt.VIR_ERR_INVALID_ARG,
+                        libvirt.VIR_ERR_NO_SUPPORT,
+                    ):
+                        raise
+                    dom.undefineFlags(_UNDEFINE_FLAGS_BASIC)
 
     def start(self, vm_id: str) -> None:
         """Start a stopped vmmgr domain; FailedPrecondition if it is already running."""
         with self._libvirt(f"start vm {vm_id}") as conn:
             dom = self._owned_domain(conn, vm_id)
             try:
-                dom.create()
+                with self._own_event(vm_uuid(vm_id), libvirt.VIR_DOMAIN_EVENT_STARTED):
+                    dom.create()
             except libvirt.libvirtError as e:
                 # qemu says OPERATION_INVALID, the test driver INTERNAL_ERROR: ask, not parse
                 if self._is_active(dom):
@@ -669,7 +696,8 @@ class LibvirtConnection:
         with self._libvirt(f"destroy vm {vm_id}") as conn:
             dom = self._owned_domain(conn, vm_id)
             try:
-                dom.destroy()
+                with self._own_event(vm_uuid(vm_id), libvirt.VIR_DOMAIN_EVENT_STOPPED):
+                    dom.destroy()
             except libvirt.libvirtError as e:
                 if error_code(e) != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
                     raise
@@ -684,13 +712,15 @@ class LibvirtConnection:
         with self._libvirt(f"suspend vm {vm_id}") as conn:
             dom = self._owned_domain(conn, vm_id)
             self._require_state(dom, vm_id, "suspend", libvirt.VIR_DOMAIN_RUNNING)
-            dom.suspend()
+            with self._own_event(vm_uuid(vm_id), libvirt.VIR_DOMAIN_EVENT_SUSPENDED):
+                dom.suspend()
 
     def resume(self, vm_id: str) -> None:
         with self._libvirt(f"resume vm {vm_id}") as conn:
             dom = self._owned_domain(conn, vm_id)
             self._require_state(dom, vm_id, "resume", libvirt.VIR_DOMAIN_PAUSED)
-            dom.resume()
+            with self._own_event(vm_uuid(vm_id), libvirt.VIR_DOMAIN_EVENT_RESUMED):
+                dom.resume()
 
     @staticmethod
     def _require_state(dom: libvirt.virDomain, vm_id: str, action: str, wanted: int) -> None:
