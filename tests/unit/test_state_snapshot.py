@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from state_fixtures import *  # noqa: F403  (the store fixtures)
 
 from vmmgr.snapshot import DeviceHealth, DeviceKind, HostState, MigSnap, NumaCell
@@ -232,6 +234,37 @@ def test_snapshot_vm_without_claims_is_migratable(store: Store) -> None:
     with store.read_session() as s:
         (vm,) = build_snapshot(s).vms
     assert vm.migratable and vm.running and vm.devices == () and vm.groups == ()
+
+
+def test_placing_on_hosts_without_devices_reads_no_claims_or_device_load(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bare placement view (no groups, no VMs) of a cluster without devices skips the
+    claim and device-load queries: they could only describe devices. Any other view reads them."""
+    from vmmgr.state import snapshot_builder
+
+    read: list[str] = []
+    for name in ("_CLAIMS", "_DEVICE_UTIL"):
+        real = getattr(snapshot_builder, name)
+        monkeypatch.setattr(
+            snapshot_builder, name, _Counting(real, lambda name=name: read.append(name))
+        )
+    with store.session() as s:
+        repo.add_host(s, Host(name="h1", uri="x", state="up", cpus=4, memory_mib=4096))
+    with store.read_session() as s:
+        bare = build_snapshot(s, placement_only=True, groups=False)
+        assert read == []
+        assert build_snapshot(s, placement_only=True).hosts == bare.hosts
+        assert read == ["_CLAIMS", "_DEVICE_UTIL"]
+
+
+class _Counting:
+    def __init__(self, real: object, seen: Callable[[], None]) -> None:
+        self.real, self.seen = real, seen
+
+    def rows(self, *args: object) -> object:
+        self.seen()
+        return self.real.rows(*args)  # type: ignore[attr-defined]
 
 
 

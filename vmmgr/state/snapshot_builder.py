@@ -165,12 +165,17 @@ def build_snapshot(
     from summing VM rows.
     """
     with_groups = groups or not placement_only
+    device_rows = _DEVICES.rows(session, {})
+    # Without VMs in the snapshot, claims and device load only describe devices: none, none.
+    device_facts = with_groups or bool(device_rows)
     # ---- claims, indexed both ways
     whole_by_device: dict[str, str] = {}
     mdev_by_device: dict[str, list[str]] = defaultdict(list)
     mig_by_device: dict[str, list[str]] = defaultdict(list)
     claims_by_vm: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
-    for vm_id, dev_id, kind, mdev_type, mig_profile in _CLAIMS.rows(session, {}):
+    for vm_id, dev_id, kind, mdev_type, mig_profile in (
+        _CLAIMS.rows(session, {}) if device_facts else ()
+    ):
         claims_by_vm[vm_id].append((dev_id, kind, mdev_type, mig_profile))
         if kind == ClaimKind.PCI:
             whole_by_device[dev_id] = vm_id
@@ -218,9 +223,13 @@ def build_snapshot(
         )
 
     # ---- devices
-    util = {d: u / 100.0 for d, u in _DEVICE_UTIL.rows(session, {}) if u is not None}
+    util = {
+        d: u / 100.0
+        for d, u in (_DEVICE_UTIL.rows(session, {}) if device_facts else ())
+        if u is not None
+    }
     devices_by_host: dict[str, list[DeviceSnap]] = defaultdict(list)
-    for dev in _DEVICES.rows(session, {}):
+    for dev in device_rows:
         mdev_claims = mdev_by_device.get(dev.id, [])
         devices_by_host[dev.host].append(
             DeviceSnap(
