@@ -301,13 +301,12 @@ class LibvirtConnection:
 
     def _unmark(self, uuid: str, event: int) -> bool:
         """Take one mark of ``event`` on ``uuid``; whether there was one."""
+        key = (uuid, event)
         with self._causing_lock:
-            if self._causing[uuid, event] <= 0:
-                return False
-            self._causing[uuid, event] -= 1
-            if not self._causing[uuid, event]:
-                del self._causing[uuid, event]
-            return True
+            left = self._causing.pop(key, 0) - 1
+            if left > 0:
+                self._causing[key] = left
+            return left >= 0
 
     def _register_nodedev_events(self, conn: libvirt.virConnect) -> int | None:
         """Node device lifecycle events (a GPU or an mdev appears or goes): best effort, some
