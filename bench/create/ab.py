@@ -19,11 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import run as bench  # noqa: E402 - this directory's run.py: one setup for both benchmarks
 
-# more than the runs need: run.py's node (128 CPUs, cpu_ratio 4) holds 512 one-vCPU VMs
-NODE = bench.NODE.replace("<cores>64</cores>", "<cores>512</cores>").replace(
-    "<active>128</active>", "<active>1024</active>"
-)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -31,7 +26,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=400)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-ab-"))
-    uri, base = bench.prepare(tmp, NODE)
+    uri, base = bench.prepare(tmp, args.runs)
     here = Path(__file__).resolve().parents[2]
     sides = [
         bench.start_daemon(tmp / "a", uri, base, here),

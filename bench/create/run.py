@@ -41,8 +41,17 @@ from vmmgr.v1 import (
     vm_pb2_grpc,
 )
 
-NODE = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>64</cores><threads>2</threads>
-<active>128</active><mhz>2000</mhz><model>x86_64</model></cpu><memory>1073741824</memory></node>"""
+
+def node_xml(vms: int) -> str:
+    """A test-driver node with room for ``vms`` one-vCPU, 256 MiB VMs (cpu_ratio 4), and no
+    less than 128 CPUs and 1 TiB: more runs than the node holds would end in RESOURCE_EXHAUSTED."""
+    cores = max(64, -(-vms // 8))  # two threads a core, four vCPUs a thread
+    kib = max(1 << 30, vms << 18)
+    return (
+        f"<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>{cores}</cores>"
+        f"<threads>2</threads><active>{2 * cores}</active><mhz>2000</mhz>"
+        f"<model>x86_64</model></cpu><memory>{kib}</memory></node>"
+    )
 
 
 def direct_setup(uri: str, tmp: Path, base: Path) -> tuple[libvirt.virConnect, str, str]:
@@ -134,10 +143,11 @@ def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) -> 
     stream.finish()
 
 
-def prepare(tmp: Path, node_xml: str = NODE) -> tuple[str, Path]:
-    """A test-driver URI over ``node_xml`` and a base image; both live in ``tmp``."""
+def prepare(tmp: Path, vms: int) -> tuple[str, Path]:
+    """A test-driver URI over a node with room for ``vms`` VMs, and a base image; both live in
+    ``tmp``."""
     node = tmp / "node.xml"
-    node.write_text(node_xml)
+    node.write_text(node_xml(vms))
     base = tmp / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
     return f"test://{node}", base
@@ -233,7 +243,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-create-"))
-    uri, base = prepare(tmp)
+    uri, base = prepare(tmp, args.runs)
     daemon, ch = start_daemon(tmp, uri, base)
     direct_side = Direct(uri, tmp, base)
     via, direct = [], []
