@@ -29,6 +29,7 @@ from drivers.hypervisor.libvirt.xml.base import to_string
 from drivers.hypervisor.libvirt.xml.builder import domain_xml_from_spec
 from drivers.hypervisor.libvirt.xml.capabilities import HostCapabilities
 from drivers.hypervisor.libvirt.xml.storage import BackingStore, StoragePool, StorageVolume
+from drivers.hypervisor.libvirt.xml.testnode import TestDriverCpu, TestDriverNode
 from vmmgr.ports import DiskSpec, DomainSpec, NicSpec
 from vmmgr.v1 import (
     host_pb2,
@@ -42,15 +43,13 @@ from vmmgr.v1 import (
 )
 
 
-def node_xml(vms: int) -> str:
-    """A test-driver node with room for ``vms`` one-vCPU, 256 MiB VMs (cpu_ratio 4), and no
-    less than 128 CPUs and 1 TiB: more runs than the node holds would end in RESOURCE_EXHAUSTED."""
+def node(vms: int) -> TestDriverNode:
+    """A test-driver host with room for ``vms`` one-vCPU, 256 MiB VMs (cpu_ratio 4), and no
+    less than 128 CPUs and 1 TiB: more runs than it holds would end in RESOURCE_EXHAUSTED."""
     cores = max(64, -(-vms // 8))  # two threads a core, four vCPUs a thread
-    kib = max(1 << 30, vms << 18)
-    return (
-        f"<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>{cores}</cores>"
-        f"<threads>2</threads><active>{2 * cores}</active><mhz>2000</mhz>"
-        f"<model>x86_64</model></cpu><memory>{kib}</memory></node>"
+    return TestDriverNode(
+        cpu=TestDriverCpu(nodes=1, sockets=1, cores=cores, threads=2),
+        memory_kib=max(1 << 30, vms << 18),
     )
 
 
@@ -146,11 +145,10 @@ def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) -> 
 def prepare(tmp: Path, vms: int) -> tuple[str, Path]:
     """A test-driver URI over a node with room for ``vms`` VMs, and a base image; both live in
     ``tmp``."""
-    node = tmp / "node.xml"
-    node.write_text(node_xml(vms))
+    path = node(vms).write(str(tmp / "node.xml"))
     base = tmp / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
-    return f"test://{node}", base
+    return f"test://{path}", base
 
 
 def start_daemon(
