@@ -205,8 +205,9 @@ class HostConnection(Protocol):
     # events
     def on_domain_event(self, callback: Callable[[DomainEvent], None]) -> None:
         """``callback(event)`` for each lifecycle change libvirt reports, except the ones this
-        connection's own define/undefine/start/destroy/suspend/resume caused: their callers
-        record those outcomes themselves."""
+        connection's own define/undefine/start/suspend/resume caused: their callers record
+        those outcomes themselves. A destroy's are reported: a hypervisor may tell of the kill
+        in more than one event, and the last one settles the state."""
         ...
 
     def on_close(self, callback: Callable[[str], None]) -> None: ...

@@ -10,8 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from drivers.hypervisor.libvirt.connection import LibvirtConnection
 from tests.harness import Daemon, remove_pools, running_daemon, test_config
-from vmmgr.v1 import host_pb2, image_pb2, operation_pb2, vm_pb2
+from vmmgr.v1 import event_pb2, host_pb2, image_pb2, operation_pb2, vm_pb2
 
 URI = "qemu:///system"
 TINY = Path(os.environ.get("VMMGR_TINY_IMAGE", "images/build/tiny.qcow2")).resolve()
@@ -80,6 +81,16 @@ def test_create_runs_with_overlay_then_delete_removes_everything(daemon: Daemon)
     stop = daemon.vms.StopVM(vm_pb2.StopVMRequest(vm="real-life", timeout_seconds=1))
     assert stop.forced and stop.vm.state == vm_pb2.VM_STATE_STOPPED
     assert "shut off" in virsh("domstate", vm_id)
+    # qemu tells of the kill as a finished shutdown and then as stopped; however late they are
+    # handled, the VM ends stopped, and so does the last state change told of it
+    conn = daemon.core.conns.get("local")
+    assert isinstance(conn, LibvirtConnection) and conn.drain_events()
+    vm = daemon.vms.GetVM(vm_pb2.GetVMRequest(vm=vm_id)).vm
+    assert vm.state == vm_pb2.VM_STATE_STOPPED
+    told = daemon.events.ListEvents(
+        event_pb2.ListEventsRequest(kinds=["vm.state"], resource=vm_id)
+    ).events
+    assert not told or told[-1].attributes["state"] == "stopped", [e.message for e in told]
     vm = daemon.vms.StartVM(vm_pb2.StartVMRequest(vm=vm_id)).vm
     assert vm.state == vm_pb2.VM_STATE_RUNNING
 

@@ -695,8 +695,10 @@ class LibvirtConnection:
         with self._libvirt(f"destroy vm {vm_id}") as conn:
             dom = self._owned_domain(conn, vm_id)
             try:
-                with self._own_event(vm_uuid(vm_id), libvirt.VIR_DOMAIN_EVENT_STOPPED):
-                    dom.destroy()
+                # Its STOPPED event is reported: qemu also reports the kill as a SHUTDOWN event,
+                # which the listeners may handle after the caller recorded the outcome, and the
+                # STOPPED that follows it is what settles the state then.
+                dom.destroy()
             except libvirt.libvirtError as e:
                 if error_code(e) != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
                     raise

@@ -30,7 +30,9 @@ EVENTS: dict[int, tuple[str, DomainState | None]] = {
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED: ("suspended", DomainState.PAUSED),
     libvirt.VIR_DOMAIN_EVENT_RESUMED: ("resumed", DomainState.RUNNING),
     libvirt.VIR_DOMAIN_EVENT_STOPPED: ("stopped", DomainState.STOPPED),
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: ("shutdown", DomainState.SHUTTING_DOWN),
+    # "finished shutting down", by the guest or on a host request (qemu reports a destroy's
+    # kill so): the domain is stopped or about to be, so its state is asked, not assumed
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: ("shutdown", None),
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: ("pmsuspended", DomainState.SUSPENDED_TO_DISK),
     libvirt.VIR_DOMAIN_EVENT_CRASHED: ("crashed", DomainState.CRASHED),
 }
@@ -87,6 +89,7 @@ def event_names(event: int, detail: int) -> tuple[str, str, DomainState | None]:
     A definition (added or updated) or an undefine (a running domain stays, as transient)
     says nothing about the run state, so that is read when the event is handled: an added
     domain is stopped when libvirt tells it, but may be running by the time it is handled.
+    A finished shutdown is read too: the domain is stopped then, or about to be.
     """
     reason, state = EVENTS.get(event, (f"event-{event}", DomainState.UNKNOWN))
     details = DETAILS.get(event, ())
