@@ -41,6 +41,9 @@ def test_tour(daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert [v["spec"]["name"] for v in vms] == ["demo"] and vms[0]["state"] == "VM_STATE_RUNNING"
     rc, out, _ = run(daemon, capsys, "vm", "stop", "demo", "--timeout", "1")
     assert rc == 0 and "stopped" in out
+    assert run(daemon, capsys, "vm", "start", "demo")[0] == 0
+    rc, out, err = run(daemon, capsys, "vm", "stop", "demo", "--force")
+    assert rc == 0 and "stopped" in out and err == ""  # forced as asked: no "did not shut down"
     rc, out, _ = run(daemon, capsys, "vm", "explain", "x", "--image", "tiny", "--memory", "9999999")
     assert rc == 1 and "REJECTED" in out
     assert run(daemon, capsys, "vm", "delete", "demo")[0] == 0

@@ -466,7 +466,7 @@ def vm_stop(args: argparse.Namespace, c: Client) -> int:
         ),
         timeout=max(c.timeout, args.timeout + 30),
     )
-    if resp.forced and args.output != "json":
+    if resp.forced and args.output != "json" and not args.force:
         sys.stderr.write("guest did not shut down in time: forced off\n")
     return _show(args, resp.vm, VM_HEADERS, [_vm_row(resp.vm)])
 
