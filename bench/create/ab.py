@@ -11,6 +11,8 @@ host at the same moments. Prints both p50s, their ratio, and each against the di
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,27 +27,23 @@ def main() -> None:
     ap.add_argument("other", type=Path, help="the checkout to compare with (B)")
     ap.add_argument("--runs", type=int, default=400)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-ab-"))
-    uri, base = bench.prepare(tmp, args.runs)
     here = Path(__file__).resolve().parents[2]
-    sides = [
-        bench.start_daemon(tmp / "a", uri, base, here),
-        bench.start_daemon(tmp / "b", uri, base, args.other.resolve()),
-    ]
-    direct_side = bench.Direct(uri, tmp, base)
     via: list[list[float]] = [[], []]
     direct: list[float] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-ab-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        uri, base = bench.prepare(tmp, args.runs)
+        sides = [
+            stack.enter_context(bench.vmmgrd(tmp / "a", uri, base, here)),
+            stack.enter_context(bench.vmmgrd(tmp / "b", uri, base, args.other.resolve())),
+        ]
+        direct_side = bench.Direct(uri, tmp, base)
+        stack.callback(direct_side.close)
         for n in range(args.runs):
             for i in (0, 1) if n % 2 == 0 else (1, 0):
                 via[i].append(bench.create_via(sides[i][1], f"v{n}"))
                 direct.append(direct_side.create())
-    finally:
-        for daemon, ch in sides:
-            ch.close()
-            daemon.terminate()
-            daemon.wait(10)
-        direct_side.close()
     a, b, d = (statistics.median(x) * 1000 for x in (*via, direct))
     print(f"create->running, {args.runs} runs each, alternating, libvirt test driver")
     print(f"  A ({here}):  p50 {a:6.2f} ms  ({a / d:.2f}x direct)")

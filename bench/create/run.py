@@ -10,6 +10,7 @@ tools, and the direct calls in this process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -151,11 +154,13 @@ def prepare(tmp: Path, vms: int) -> tuple[str, Path]:
     return f"test://{path}", base
 
 
-def start_daemon(
+@contextmanager
+def vmmgrd(
     state: Path, uri: str, base: Path, checkout: Path | None = None
-) -> tuple[subprocess.Popen[bytes], grpc.Channel]:
+) -> Iterator[tuple[subprocess.Popen[bytes], grpc.Channel]]:
     """vmmgrd (from ``checkout``, default this one) as its own process, as in production,
-    with host ``b`` at ``uri`` and image ``base`` imported; its channel."""
+    with host ``b`` at ``uri`` and image ``base`` imported; its channel. Stopped on exit,
+    also when the benchmark fails."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(checkout)} if checkout else None
     daemon = subprocess.Popen(
@@ -182,17 +187,27 @@ def start_daemon(
         env=env,
     )
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
-    grpc.channel_ready_future(ch).result(timeout=30)
-    host_pb2_grpc.HostServiceStub(ch).RegisterHost(host_pb2.RegisterHostRequest(name="b", uri=uri))
-    op = (
-        image_pb2_grpc.ImageServiceStub(ch)
-        .ImportImage(image_pb2.ImportImageRequest(name="base", source_path=str(base)))
-        .operation
-    )
-    operation_pb2_grpc.OperationServiceStub(ch).WaitOperation(
-        operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60)
-    )
-    return daemon, ch
+    try:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        hosts = host_pb2_grpc.HostServiceStub(ch)
+        hosts.RegisterHost(host_pb2.RegisterHostRequest(name="b", uri=uri))
+        op = (
+            image_pb2_grpc.ImageServiceStub(ch)
+            .ImportImage(image_pb2.ImportImageRequest(name="base", source_path=str(base)))
+            .operation
+        )
+        operation_pb2_grpc.OperationServiceStub(ch).WaitOperation(
+            operation_pb2.WaitOperationRequest(id=op.id, timeout_seconds=60)
+        )
+        yield daemon, ch
+    finally:
+        ch.close()
+        daemon.terminate()
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
 
 
 def create_via(ch: grpc.Channel, name: str) -> float:
@@ -240,16 +255,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=40)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-create-"))
-    uri, base = prepare(tmp, args.runs)
-    daemon, ch = start_daemon(tmp, uri, base)
-    direct_side = Direct(uri, tmp, base)
-    via, direct = [], []
-    (daemon0, daemon_iso0), direct_iso0 = process_cpu(daemon.pid), children_cpu()
-    for n in range(args.runs):
-        via.append(create_via(ch, f"v{n}"))
-        direct.append(direct_side.create())
-    (daemon1, daemon_iso1), direct_iso1 = process_cpu(daemon.pid), children_cpu()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="vmmgr-bench-create-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        uri, base = prepare(tmp, args.runs)
+        daemon, ch = stack.enter_context(vmmgrd(tmp, uri, base))
+        direct_side = Direct(uri, tmp, base)
+        stack.callback(direct_side.close)
+        via, direct = [], []
+        (daemon0, daemon_iso0), direct_iso0 = process_cpu(daemon.pid), children_cpu()
+        for n in range(args.runs):
+            via.append(create_via(ch, f"v{n}"))
+            direct.append(direct_side.create())
+        (daemon1, daemon_iso1), direct_iso1 = process_cpu(daemon.pid), children_cpu()
 
     def pct(xs: list[float], q: float) -> float:
         return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
@@ -276,10 +294,6 @@ def main() -> None:
         f"{per(daemon_iso1 - daemon_iso0)}; direct {per(direct_side.cpu_s)} + its ISO tool "
         f"{per(direct_iso1 - direct_iso0)}  ({os.cpu_count()} CPUs)"
     )
-    ch.close()
-    daemon.terminate()
-    daemon.wait(10)
-    direct_side.close()
 
 
 def process_cpu(pid: int) -> tuple[float, float]:
